@@ -1,0 +1,5 @@
+//! Hodei's application layer: the ports (traits) that adapters implement and
+//! the use cases that drive them.
+//!
+//! It names no adapter: nothing here knows whether a worker is a process, a
+//! container or a pod, nor where jobs and templates are stored.
