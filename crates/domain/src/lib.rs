@@ -3,3 +3,13 @@
 //! This crate is pure. It knows nothing of tokio, tonic, kube, bollard or the
 //! file system: every type here is built from strings and numbers, validates
 //! itself in its constructor, and can be tested without a runtime.
+
+pub mod ids;
+pub mod quantity;
+pub mod resources;
+pub mod template;
+
+pub use ids::{IdError, JobId, PoolId, TemplateId, WorkerId};
+pub use quantity::{CpuQuantity, MemoryQuantity, QuantityError};
+pub use resources::{ResourceError, ResourceRequirements, ResourcesSpec};
+pub use template::{TemplateError, WorkerTemplate, WorkerTemplateSpec};
