@@ -5,11 +5,13 @@
 //! itself in its constructor, and can be tested without a runtime.
 
 pub mod ids;
+pub mod label;
 pub mod quantity;
 pub mod resources;
 pub mod template;
 
 pub use ids::{IdError, JobId, PoolId, TemplateId, WorkerId};
+pub use label::{LabelExpr, LabelExprError};
 pub use quantity::{CpuQuantity, MemoryQuantity, QuantityError};
 pub use resources::{ResourceError, ResourceRequirements, ResourcesSpec};
 pub use template::{TemplateError, WorkerTemplate, WorkerTemplateSpec};
