@@ -143,20 +143,20 @@ impl<S: AsRef<str>, const N: usize> LabelSet for [S; N] {
 
 /// A label whose presence or absence decides an evaluation, as returned by
 /// [`LabelExpr::explain`].
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct LabelFact {
-    /// The label.
-    pub label: String,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LabelFact<'a> {
+    /// The label, borrowed from the expression.
+    pub label: &'a str,
     /// Whether the label set contains it.
     pub present: bool,
 }
 
-impl fmt::Display for LabelFact {
+impl fmt::Display for LabelFact<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.present {
-            write!(f, "has {}", AtomDisplay(&self.label))
+            write!(f, "has {}", AtomDisplay(self.label))
         } else {
-            write!(f, "lacks {}", AtomDisplay(&self.label))
+            write!(f, "lacks {}", AtomDisplay(self.label))
         }
     }
 }
@@ -239,21 +239,28 @@ impl LabelExpr {
     /// set of labels whose presence or absence is enough to decide the
     /// result, sorted. For `linux && java-17` against `{linux, node-18}`
     /// that is `[lacks java-17]`.
-    pub fn explain<L: LabelSet + ?Sized>(&self, labels: &L) -> Vec<LabelFact> {
+    pub fn explain<L: LabelSet + ?Sized>(&self, labels: &L) -> Vec<LabelFact<'_>> {
         let has = |label: &str| labels.contains_label(label);
-        let mut facts = BTreeSet::new();
+        let mut facts = Vec::new();
         let value = self.matches_with(&has);
         self.witness(value, &has, &mut facts);
-        facts.into_iter().collect()
+        facts.sort_unstable();
+        facts.dedup();
+        facts
     }
 
     /// Adds to `facts` labels that make `self` evaluate to `value` (which it
     /// does).
-    fn witness(&self, value: bool, has: &dyn Fn(&str) -> bool, facts: &mut BTreeSet<LabelFact>) {
+    fn witness<'a>(
+        &'a self,
+        value: bool,
+        has: &dyn Fn(&str) -> bool,
+        facts: &mut Vec<LabelFact<'a>>,
+    ) {
         match self {
             LabelExpr::Atom(a) => {
-                facts.insert(LabelFact {
-                    label: a.clone(),
+                facts.push(LabelFact {
+                    label: a,
                     present: value,
                 });
             }
@@ -331,6 +338,22 @@ impl fmt::Display for LabelExpr {
                 write!(f, "{} -> {}", Operand(l, p + 1), Operand(r, p + 1))
             }
         }
+    }
+}
+
+/// Serializes as the canonical string.
+impl serde::Serialize for LabelExpr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Deserializes from a string with [`LabelExpr::parse`].
+impl<'de> serde::Deserialize<'de> for LabelExpr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(deserializer)?;
+        LabelExpr::parse(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid label expression {s:?}: {e}")))
     }
 }
 

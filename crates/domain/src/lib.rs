@@ -8,10 +8,12 @@ pub mod ids;
 pub mod label;
 pub mod quantity;
 pub mod resources;
+pub mod selection;
 pub mod template;
 
 pub use ids::{IdError, JobId, PoolId, TemplateId, WorkerId};
 pub use label::{LabelExpr, LabelExprError};
 pub use quantity::{CpuQuantity, MemoryQuantity, QuantityError};
 pub use resources::{ResourceError, ResourceRequirements, ResourcesSpec};
+pub use selection::{TemplateSelection, WorkerRequirements, select};
 pub use template::{TemplateError, WorkerTemplate, WorkerTemplateSpec};
