@@ -6,6 +6,7 @@
 
 pub mod ids;
 pub mod label;
+pub mod pipeline;
 pub mod quantity;
 pub mod resources;
 pub mod selection;
