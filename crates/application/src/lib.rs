@@ -3,3 +3,5 @@
 //!
 //! It names no adapter: nothing here knows whether a worker is a process, a
 //! container or a pod, nor where jobs and templates are stored.
+
+pub mod templates;
