@@ -16,6 +16,9 @@ const GROOVY_KEYWORDS: &[&str] = &[
     "return", "import", "class", "new", "throw", "package", "static", "final", "var",
 ];
 
+/// Blocks whose content is Groovy code, never declarative syntax.
+const OPAQUE_BLOCKS: &[&str] = &["script", "expression"];
+
 /// A block `{ ... }` or the whole file.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Block {
@@ -248,8 +251,24 @@ impl<'t> Parser<'t, '_> {
 
     fn statement(&mut self) -> Result<StmtKind, Failed> {
         let token = self.peek();
-        let name = match &token.tok {
-            Tok::Ident(name) => name,
+        if let Tok::Ident(name) = &token.tok
+            && GROOVY_KEYWORDS.contains(&name.as_str())
+        {
+            self.error(
+                token.pos,
+                format!(
+                    "unsupported Groovy statement `{name}`: Hodei runs declarative pipelines only"
+                ),
+            );
+            return Err(Failed);
+        }
+        if matches!(token.tok, Tok::Ident(_) | Tok::Number(_))
+            && let Some(eq) = self.assignment_at()
+        {
+            return self.assignment(eq);
+        }
+        match &token.tok {
+            Tok::Ident(_) => {}
             Tok::Punct('{') => {
                 self.error(
                     token.pos,
@@ -275,18 +294,6 @@ impl<'t> Parser<'t, '_> {
                 );
                 return Err(Failed);
             }
-        };
-        if GROOVY_KEYWORDS.contains(&name.as_str()) {
-            self.error(
-                token.pos,
-                format!(
-                    "unsupported Groovy statement `{name}`: Hodei runs declarative pipelines only"
-                ),
-            );
-            return Err(Failed);
-        }
-        if let Some(eq) = self.assignment_at() {
-            return self.assignment(eq);
         }
         let call = self.call(true)?;
         Ok(StmtKind::Call(call))
@@ -312,25 +319,15 @@ impl<'t> Parser<'t, '_> {
     }
 
     fn assignment(&mut self, eq: usize) -> Result<StmtKind, Failed> {
-        let first = &self.tokens[self.index];
-        let before = &self.tokens[eq - 1];
-        // The name as written: the tokens before `=`, with the spaces between them.
-        let name = if eq - self.index == 1 {
-            match &first.tok {
-                Tok::Ident(name) => name.clone(),
+        // The name as written: the tokens before `=`, joined.
+        let name = self.tokens[self.index..eq]
+            .iter()
+            .map(|t| match &t.tok {
+                Tok::Ident(s) | Tok::Number(s) | Tok::Other(s) => s.clone(),
+                Tok::Punct(c) => c.to_string(),
                 _ => String::new(),
-            }
-        } else {
-            self.tokens[self.index..eq]
-                .iter()
-                .map(|t| match &t.tok {
-                    Tok::Ident(s) | Tok::Number(s) | Tok::Other(s) => s.clone(),
-                    Tok::Punct(c) => c.to_string(),
-                    _ => String::new(),
-                })
-                .collect()
-        };
-        let _ = before;
+            })
+            .collect();
         self.index = eq + 1;
         let value = self.expr()?;
         Ok(StmtKind::Assign { name, value })
@@ -361,6 +358,16 @@ impl<'t> Parser<'t, '_> {
                 if self.is_punct('{') && statement {
                     call.block = Some(self.block()?);
                 }
+            }
+            // Groovy code blocks are skipped whole: the caller reports them
+            // as unsupported once, rather than every Groovy statement inside.
+            Tok::Punct('{') if statement && OPAQUE_BLOCKS.contains(&name.as_str()) => {
+                let pos = next.pos;
+                self.skip_group();
+                call.block = Some(Block {
+                    pos,
+                    stmts: Vec::new(),
+                });
             }
             Tok::Punct('{') if statement => {
                 call.block = Some(self.block()?);
@@ -531,8 +538,9 @@ impl<'t> Parser<'t, '_> {
         let next = self.peek();
         match &next.tok {
             Tok::Punct('.') | Tok::Other(_) if !next.newline_before => {
-                let message = match &next.tok {
-                    Tok::Other(op) => format!("unsupported Groovy expression: operator `{op}` needs Groovy"),
+                let message = match (&next.tok, &kind) {
+                    (Tok::Other(op), _) => format!("unsupported Groovy expression: operator `{op}` needs Groovy"),
+                    (_, ExprKind::Ident(name)) => format!("unsupported Groovy expression: method calls and property access (`{name}.`) need Groovy"),
                     _ => "unsupported Groovy expression: method calls and property access (`a.b`) need Groovy".to_string(),
                 };
                 self.error(next.pos, message);
