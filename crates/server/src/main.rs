@@ -1,12 +1,67 @@
 //! `hodei`: the command-line entry point and composition root.
+//!
+//! Each subcommand lives in `cli/<name>.rs`, which defines
+//! `pub struct Args` (a `clap::Args`; its doc comment is the subcommand's
+//! help) and `pub async fn run(args: Args) -> anyhow::Result<ExitCode>`.
+//! Adding a subcommand is one line in the `subcommands!` list below.
+//!
+//! Exit codes: whatever the subcommand returns on success (0, or 1 for a
+//! negative answer such as "no template matches"); 2 for usage errors and
+//! for any error, printed as `error: ...` on stderr.
+
+use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Hodei runs CI pipelines on ephemeral workers.
-#[derive(Debug, Parser)]
-#[command(name = "hodei", version, about)]
-struct Cli {}
+/// Declares the `cli` modules, the `Command` enum and its dispatch from one
+/// list of `Variant => module` pairs.
+macro_rules! subcommands {
+    ($($variant:ident => $module:ident),* $(,)?) => {
+        mod cli {
+            $(pub mod $module;)*
+        }
 
-fn main() {
-    let _cli = Cli::parse();
+        #[derive(Debug, clap::Subcommand)]
+        enum Command {
+            $($variant(cli::$module::Args),)*
+        }
+
+        impl Command {
+            async fn run(self) -> anyhow::Result<ExitCode> {
+                match self {
+                    $(Command::$variant(args) => cli::$module::run(args).await,)*
+                }
+            }
+        }
+    };
+}
+
+subcommands! {
+    Templates => templates,
+}
+
+/// Hodei runs Jenkins-style declarative pipelines on ephemeral workers: a
+/// local process, a Docker container or a Kubernetes pod created for each
+/// job and deleted when it ends.
+#[derive(Debug, Parser)]
+#[command(
+    name = "hodei",
+    version,
+    after_help = "Examples:\n  hodei templates list\n  hodei templates match 'linux && java-17'\n  hodei templates match docker --min-cpu 2 --templates templates.yaml"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.run().await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
