@@ -1,5 +1,81 @@
 //! `hodei-worker`: the small static binary that goes into worker images.
+//!
+//! Exit codes: 0 after a shutdown, a finished segment or a signal; 3 when
+//! the server was lost past the grace period; 2 for a bad setting; 1 when the
+//! server refused the worker or it could not start.
 
-fn main() {
-    println!("hodei-worker {}", env!("CARGO_PKG_VERSION"));
+use std::process::ExitCode;
+
+use clap::Parser;
+use hodei_worker::{Outcome, WorkerArgs};
+
+/// Connects to a Hodei server and runs the steps it assigns.
+#[derive(Debug, Parser)]
+#[command(name = "hodei-worker", version, about)]
+struct Cli {
+    #[command(flatten)]
+    worker: WorkerArgs,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HODEI_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = match cli.worker.into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("hodei-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("hodei-worker: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(hodei_worker::run_until(config, stop_signal())) {
+        Ok(Outcome::ServerLost { grace }) => {
+            eprintln!(
+                "hodei-worker: server lost for more than {} ms",
+                grace.as_millis()
+            );
+            ExitCode::from(3)
+        }
+        Ok(outcome) => {
+            tracing::info!(?outcome, "worker done");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hodei-worker: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }

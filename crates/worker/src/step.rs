@@ -1,0 +1,349 @@
+//! Running one leaf step: `sh -e -c SCRIPT` in its own process group with
+//! its output streamed as it is produced, or a `writeFile`.
+
+use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use hodei_proto::v1::{
+    LogChunk, LogStream, StepFinished, StepOutcome, StepStarted, WorkerMessage, worker_message,
+};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+
+use crate::now_ms;
+use crate::session::Outgoing;
+
+/// Largest `LogChunk.data` the worker sends.
+pub const MAX_CHUNK: usize = 64 * 1024;
+
+/// Environment variables of the worker that steps never see.
+const HIDDEN_VARS: &[&str] = &["HODEI_WORKER_TOKEN"];
+
+/// What a step does.
+#[derive(Debug, Clone)]
+pub(crate) enum Action {
+    /// `sh -e -c script`.
+    Sh(String),
+    /// Write `text` to `path` (already checked to be relative).
+    WriteFile { path: PathBuf, text: String },
+}
+
+/// One step to run, fully resolved.
+#[derive(Debug)]
+pub(crate) struct StepSpec {
+    pub step_id: String,
+    pub action: Action,
+    /// Absolute directory to run in (inside the workspace).
+    pub dir: PathBuf,
+    /// The full environment to lay over the worker's own.
+    pub env: HashMap<String, String>,
+    /// Backstop timeout.
+    pub timeout: Option<Duration>,
+    /// Time between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+}
+
+/// Why a running step is being stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Still running.
+    No,
+    /// Cancelled by the server, with its reason.
+    Cancel(String),
+}
+
+fn message(kind: worker_message::Kind) -> Outgoing {
+    Outgoing::Message(WorkerMessage { kind: Some(kind) })
+}
+
+fn finished(
+    step_id: &str,
+    exit_code: i32,
+    outcome: StepOutcome,
+    text: String,
+    started: Instant,
+) -> Outgoing {
+    message(worker_message::Kind::StepFinished(StepFinished {
+        step_id: step_id.to_owned(),
+        exit_code,
+        outcome: outcome as i32,
+        message: text,
+        duration_ms: started.elapsed().as_millis() as u64,
+    }))
+}
+
+/// Runs the step to its end, sending `StepStarted`, `LogChunk`s and one
+/// `StepFinished` on `out`. `stop` turns to [`Stop::Cancel`] to kill it.
+pub(crate) async fn run_step(
+    spec: StepSpec,
+    out: mpsc::Sender<Outgoing>,
+    stop: watch::Receiver<Stop>,
+) {
+    let started = Instant::now();
+    let result = match &spec.action {
+        Action::Sh(script) => run_sh(&spec, script, &out, stop, started).await,
+        Action::WriteFile { path, text } => {
+            let _ = out
+                .send(message(worker_message::Kind::StepStarted(StepStarted {
+                    step_id: spec.step_id.clone(),
+                    started_at_ms: now_ms(),
+                })))
+                .await;
+            let target = spec.dir.join(path);
+            let written = async {
+                if let Some(parent) = target.parent() {
+                    tokio::fs::create_dir_all(parent).await?;
+                }
+                tokio::fs::write(&target, text.as_bytes()).await
+            }
+            .await;
+            match written {
+                Ok(()) => finished(
+                    &spec.step_id,
+                    0,
+                    StepOutcome::Success,
+                    String::new(),
+                    started,
+                ),
+                Err(e) => finished(
+                    &spec.step_id,
+                    -1,
+                    StepOutcome::Error,
+                    format!("writeFile {}: {e}", target.display()),
+                    started,
+                ),
+            }
+        }
+    };
+    let _ = out.send(result).await;
+}
+
+/// The exit code the protocol reports: the status, or 128 + signal.
+pub(crate) fn exit_code(status: ExitStatus) -> i32 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => -1,
+    }
+}
+
+/// Sends `signal` to process group `pgid`; a group that is already gone is
+/// fine.
+pub fn signal_group(pgid: u32, signal: Signal) {
+    if let Ok(raw) = i32::try_from(pgid)
+        && raw > 0
+    {
+        let _ = killpg(Pid::from_raw(raw), signal);
+    }
+}
+
+async fn run_sh(
+    spec: &StepSpec,
+    script: &str,
+    out: &mpsc::Sender<Outgoing>,
+    mut stop: watch::Receiver<Stop>,
+    started: Instant,
+) -> Outgoing {
+    let mut command = Command::new("sh");
+    command
+        .arg("-e")
+        .arg("-c")
+        .arg(script)
+        .current_dir(&spec.dir)
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    for var in HIDDEN_VARS {
+        if !spec.env.contains_key(*var) {
+            command.env_remove(var);
+        }
+    }
+    if let Err(e) = tokio::fs::create_dir_all(&spec.dir).await {
+        return finished(
+            &spec.step_id,
+            -1,
+            StepOutcome::Error,
+            format!("creating directory {}: {e}", spec.dir.display()),
+            started,
+        );
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return finished(
+                &spec.step_id,
+                -1,
+                StepOutcome::Error,
+                format!("starting sh in {}: {e}", spec.dir.display()),
+                started,
+            );
+        }
+    };
+    let pgid = child.id().unwrap_or(0);
+    let _ = out
+        .send(message(worker_message::Kind::StepStarted(StepStarted {
+            step_id: spec.step_id.clone(),
+            started_at_ms: now_ms(),
+        })))
+        .await;
+
+    // Both pipes feed one channel so that chunks get one sequence in the
+    // order they were read.
+    let (chunk_tx, mut chunk_rx) = mpsc::channel::<(LogStream, Vec<u8>)>(16);
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(pump(stdout, LogStream::Stdout, chunk_tx.clone()));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(pump(stderr, LogStream::Stderr, chunk_tx.clone()));
+    }
+    drop(chunk_tx);
+
+    let mut sequence = 0u64;
+    let send_chunk = |stream: LogStream, data: Vec<u8>, sequence: u64| {
+        message(worker_message::Kind::LogChunk(LogChunk {
+            step_id: spec.step_id.clone(),
+            stream: stream as i32,
+            data,
+            sequence,
+        }))
+    };
+
+    let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
+    let sleep_until_deadline = async {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(sleep_until_deadline);
+
+    let mut killed: Option<(StepOutcome, String)> = None;
+    let mut pipes_open = true;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let status = loop {
+        tokio::select! {
+            chunk = chunk_rx.recv(), if pipes_open => match chunk {
+                Some((stream, data)) => {
+                    let _ = out.send(send_chunk(stream, data, sequence)).await;
+                    sequence += 1;
+                }
+                None => pipes_open = false,
+            },
+            status = child.wait() => break status,
+            changed = stop.changed(), if killed.is_none() => {
+                let reason = match (changed, stop.borrow().clone()) {
+                    (Ok(()), Stop::Cancel(reason)) => Some(reason),
+                    (Err(_), _) => Some("worker stopping".to_owned()),
+                    (Ok(()), Stop::No) => None,
+                };
+                if let Some(reason) = reason {
+                    signal_group(pgid, Signal::SIGTERM);
+                    kill_at = Some(tokio::time::Instant::now() + spec.kill_grace);
+                    killed = Some((StepOutcome::Cancelled, format!("cancelled: {reason}")));
+                }
+            },
+            () = &mut sleep_until_deadline, if killed.is_none() => {
+                signal_group(pgid, Signal::SIGTERM);
+                kill_at = Some(tokio::time::Instant::now() + spec.kill_grace);
+                let limit = spec.timeout.unwrap_or_default();
+                killed = Some((StepOutcome::TimedOut, format!("timed out after {} ms", limit.as_millis())));
+            },
+            () = async {
+                match kill_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                signal_group(pgid, Signal::SIGKILL);
+                kill_at = None;
+            },
+        }
+    };
+    // The shell is gone; whatever it left running in its group goes too, so
+    // that nothing outlives the step and the pipes reach end of file.
+    signal_group(pgid, Signal::SIGKILL);
+    let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while pipes_open {
+        match tokio::time::timeout_at(drain_deadline, chunk_rx.recv()).await {
+            Ok(Some((stream, data))) => {
+                let _ = out.send(send_chunk(stream, data, sequence)).await;
+                sequence += 1;
+            }
+            Ok(None) | Err(_) => pipes_open = false,
+        }
+    }
+
+    match status {
+        Err(e) => finished(
+            &spec.step_id,
+            -1,
+            StepOutcome::Error,
+            format!("waiting for sh: {e}"),
+            started,
+        ),
+        Ok(status) => {
+            let code = exit_code(status);
+            match killed {
+                Some((outcome, text)) => finished(&spec.step_id, code, outcome, text, started),
+                None if status.success() => finished(
+                    &spec.step_id,
+                    0,
+                    StepOutcome::Success,
+                    String::new(),
+                    started,
+                ),
+                None => {
+                    let text = match status.signal() {
+                        Some(signal) => format!("script killed by signal {signal}"),
+                        None => format!("script returned exit code {code}"),
+                    };
+                    finished(&spec.step_id, code, StepOutcome::Failed, text, started)
+                }
+            }
+        }
+    }
+}
+
+async fn pump(
+    mut reader: impl AsyncReadExt + Unpin,
+    stream: LogStream,
+    tx: mpsc::Sender<(LogStream, Vec<u8>)>,
+) {
+    let mut buf = vec![0u8; MAX_CHUNK];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if tx.send((stream, buf[..n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes() {
+        fn check(raw: i32, expected: i32) {
+            assert_eq!(exit_code(ExitStatus::from_raw(raw)), expected, "{raw:#x}");
+        }
+        check(0, 0);
+        check(3 << 8, 3);
+        check(255 << 8, 255);
+        check(9, 137);
+        check(15, 143);
+    }
+}
