@@ -4,4 +4,6 @@
 //! It names no adapter: nothing here knows whether a worker is a process, a
 //! container or a pod, nor where jobs and templates are stored.
 
+pub mod orchestrator;
 pub mod templates;
+pub mod worker_link;
