@@ -5,5 +5,6 @@
 //! container or a pod, nor where jobs and templates are stored.
 
 pub mod orchestrator;
+pub mod provider;
 pub mod templates;
 pub mod worker_link;
