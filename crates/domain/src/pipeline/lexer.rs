@@ -48,25 +48,25 @@ pub(crate) struct StrLit {
 
 /// A token kind.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Tok {
+pub(crate) enum Tok<'a> {
     /// An identifier or keyword.
-    Ident(String),
+    Ident(&'a str),
     /// A string literal.
     Str(StrLit),
     /// A number as written (digits, optionally with a fraction).
-    Number(String),
+    Number(&'a str),
     /// One of `{ } ( ) [ ] , : ; = .`
     Punct(char),
     /// Any other operator or character; only ever part of an error.
-    Other(String),
+    Other(&'a str),
     /// End of input.
     Eof,
 }
 
 /// A token with its position.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Token {
-    pub tok: Tok,
+pub(crate) struct Token<'a> {
+    pub tok: Tok<'a>,
     pub pos: Pos,
     /// Byte offset of the first character.
     pub start: usize,
@@ -76,7 +76,7 @@ pub(crate) struct Token {
     pub newline_before: bool,
 }
 
-impl Token {
+impl Token<'_> {
     /// A short description for error messages.
     pub fn describe(&self) -> String {
         match &self.tok {
@@ -91,9 +91,9 @@ impl Token {
 }
 
 /// Splits `source` into tokens; the last token is always [`Tok::Eof`].
-pub(crate) fn tokenize(source: &str, diagnostics: &mut Vec<Diagnostic>) -> Vec<Token> {
+pub(crate) fn tokenize<'a>(source: &'a str, diagnostics: &mut Vec<Diagnostic>) -> Vec<Token<'a>> {
     let mut lexer = Lexer::new(source, 0, Pos { line: 1, column: 1 });
-    let mut tokens = Vec::with_capacity(source.len() / 4);
+    let mut tokens = Vec::with_capacity(source.len() / 8);
     let mut newline_before = true;
     if source.starts_with("#!") {
         lexer.skip_line();
@@ -252,13 +252,13 @@ impl<'a> Lexer<'a> {
         }
     }
 
-    fn token(&mut self, c: char, diagnostics: &mut Vec<Diagnostic>) -> Tok {
+    fn token(&mut self, c: char, diagnostics: &mut Vec<Diagnostic>) -> Tok<'a> {
         if is_ident_start(c) {
             let start = self.offset;
             while self.peek().is_some_and(is_ident_char) {
                 self.bump();
             }
-            return Tok::Ident(self.source[start..self.offset].to_string());
+            return Tok::Ident(&self.source[start..self.offset]);
         }
         if c.is_ascii_digit() {
             let start = self.offset;
@@ -271,7 +271,7 @@ impl<'a> Lexer<'a> {
                     self.bump();
                 }
             }
-            return Tok::Number(self.source[start..self.offset].to_string());
+            return Tok::Number(&self.source[start..self.offset]);
         }
         if let Some(quote) = self.opening_quote() {
             return Tok::Str(self.string_body(quote, diagnostics));
@@ -283,15 +283,16 @@ impl<'a> Lexer<'a> {
                 if self.peek() == Some('~') {
                     self.bump();
                 }
-                Tok::Other(self.source[start..self.offset].to_string())
+                Tok::Other(&self.source[start..self.offset])
             }
             '{' | '}' | '(' | ')' | '[' | ']' | ',' | ':' | ';' | '=' | '.' => {
                 self.bump();
                 Tok::Punct(c)
             }
             _ => {
+                let start = self.offset;
                 self.bump();
-                Tok::Other(c.to_string())
+                Tok::Other(&self.source[start..self.offset])
             }
         }
     }
@@ -560,7 +561,7 @@ pub(crate) fn is_identifier(name: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn kinds(source: &str) -> (Vec<Tok>, Vec<String>) {
+    fn kinds(source: &str) -> (Vec<Tok<'_>>, Vec<String>) {
         let mut diagnostics = Vec::new();
         let tokens = tokenize(source, &mut diagnostics);
         (
@@ -572,7 +573,7 @@ mod tests {
         )
     }
 
-    fn lit(parts: Vec<Part>, quote: Quote) -> Tok {
+    fn lit(parts: Vec<Part>, quote: Quote) -> Tok<'static> {
         Tok::Str(StrLit {
             value: Interpolation::from_parts(parts),
             quote,
@@ -589,7 +590,7 @@ mod tests {
 
     #[test]
     fn strings() {
-        let cases: Vec<(&str, Tok)> = vec![
+        let cases: Vec<(&str, Tok<'static>)> = vec![
             ("'a$b'", lit(vec![text("a$b")], Quote::Single)),
             ("\"a$b\"", lit(vec![text("a"), var("b")], Quote::Double)),
             ("\"${b}c\"", lit(vec![var("b"), text("c")], Quote::Double)),
@@ -682,20 +683,20 @@ mod tests {
             &mut diagnostics,
         );
         assert!(diagnostics.is_empty());
-        let summary: Vec<(Tok, u32, u32, bool)> = tokens
+        let summary: Vec<(Tok<'_>, u32, u32, bool)> = tokens
             .into_iter()
             .map(|t| (t.tok, t.pos.line, t.pos.column, t.newline_before))
             .collect();
         assert_eq!(
             summary,
             vec![
-                (Tok::Ident("sh".into()), 2, 1, true),
+                (Tok::Ident("sh"), 2, 1, true),
                 (lit(vec![text("x")], Quote::Single), 2, 4, false),
-                (Tok::Ident("é".into()), 4, 7, true),
+                (Tok::Ident("é"), 4, 7, true),
                 (Tok::Punct('('), 4, 8, false),
-                (Tok::Number("1.5".into()), 4, 9, false),
+                (Tok::Number("1.5"), 4, 9, false),
                 (Tok::Punct(','), 4, 12, false),
-                (Tok::Other("==".into()), 4, 14, false),
+                (Tok::Other("=="), 4, 14, false),
                 (Tok::Punct(')'), 4, 16, false),
                 (Tok::Eof, 4, 17, false),
             ]

@@ -21,13 +21,13 @@ const OPAQUE_BLOCKS: &[&str] = &["script", "expression"];
 
 /// A block `{ ... }` or the whole file.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Block {
+pub(crate) struct Block<'a> {
     /// Where `{` is (or 1:1 for the file).
     pub pos: Pos,
-    pub stmts: Vec<Stmt>,
+    pub stmts: Vec<Stmt<'a>>,
 }
 
-impl Block {
+impl Block<'_> {
     /// Whether the block holds a statement that failed to parse (an error was
     /// reported for it, so "empty" errors would only add noise).
     pub fn had_error(&self) -> bool {
@@ -37,60 +37,63 @@ impl Block {
 
 /// A statement.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Stmt {
+pub(crate) struct Stmt<'a> {
     pub pos: Pos,
-    pub kind: StmtKind,
+    pub kind: StmtKind<'a>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum StmtKind {
+pub(crate) enum StmtKind<'a> {
     /// `name ...`
-    Call(Call),
+    Call(Call<'a>),
     /// `NAME = value`; `name` is the text before `=`, which may not be an identifier.
-    Assign { name: String, value: Expr },
+    Assign { name: String, value: Expr<'a> },
     /// Something that failed to parse; already reported.
     Error,
 }
 
 /// A method call: `name`, `name args`, `name(args)`, each with an optional block.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Call {
-    pub name: String,
+pub(crate) struct Call<'a> {
+    pub name: &'a str,
     pub pos: Pos,
-    pub args: Vec<Arg>,
-    pub block: Option<Block>,
+    pub args: Vec<Arg<'a>>,
+    pub block: Option<Block<'a>>,
 }
 
 /// An argument, positional or named (`time: 5`).
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Arg {
-    pub name: Option<(String, Pos)>,
-    pub value: Expr,
+pub(crate) struct Arg<'a> {
+    pub name: Option<(&'a str, Pos)>,
+    pub value: Expr<'a>,
 }
 
 /// An expression used as an argument or a value.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Expr {
+pub(crate) struct Expr<'a> {
     pub pos: Pos,
     /// Byte offset of the first character (used to locate text inside strings).
     pub start: usize,
-    pub kind: ExprKind,
+    pub kind: ExprKind<'a>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum ExprKind {
+pub(crate) enum ExprKind<'a> {
     Str(StrLit),
     Number(String),
     Bool(bool),
     /// A bare name (`any`, `none`, `MINUTES`).
-    Ident(String),
-    List(Vec<Expr>),
+    Ident(&'a str),
+    List(Vec<Expr<'a>>),
     /// A nested call with parentheses (`credentials('id')`, `logRotator(...)`).
-    Call(Box<Call>),
+    Call(Box<Call<'a>>),
 }
 
 /// Parses the tokens of a whole file.
-pub(crate) fn parse_tokens(tokens: &[Token], diagnostics: &mut Vec<Diagnostic>) -> Block {
+pub(crate) fn parse_tokens<'a>(
+    tokens: &[Token<'a>],
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Block<'a> {
     let mut parser = Parser {
         tokens,
         index: 0,
@@ -104,8 +107,8 @@ pub(crate) fn parse_tokens(tokens: &[Token], diagnostics: &mut Vec<Diagnostic>) 
     }
 }
 
-struct Parser<'t, 'd> {
-    tokens: &'t [Token],
+struct Parser<'t, 'a, 'd> {
+    tokens: &'t [Token<'a>],
     index: usize,
     depth: usize,
     diagnostics: &'d mut Vec<Diagnostic>,
@@ -114,17 +117,17 @@ struct Parser<'t, 'd> {
 /// Marks a statement or expression that failed; the error is already reported.
 struct Failed;
 
-impl<'t> Parser<'t, '_> {
-    fn peek(&self) -> &'t Token {
+impl<'t, 'a> Parser<'t, 'a, '_> {
+    fn peek(&self) -> &'t Token<'a> {
         // The token list always ends with Eof, and `bump` never passes it.
         &self.tokens[self.index.min(self.tokens.len() - 1)]
     }
 
-    fn peek_at(&self, n: usize) -> &'t Token {
+    fn peek_at(&self, n: usize) -> &'t Token<'a> {
         &self.tokens[(self.index + n).min(self.tokens.len() - 1)]
     }
 
-    fn bump(&mut self) -> &'t Token {
+    fn bump(&mut self) -> &'t Token<'a> {
         let token = self.peek();
         if token.tok != Tok::Eof {
             self.index += 1;
@@ -141,7 +144,7 @@ impl<'t> Parser<'t, '_> {
     }
 
     /// Statements up to `}` (not consumed) when `in_block`, else up to the end.
-    fn statements(&mut self, in_block: bool) -> Vec<Stmt> {
+    fn statements(&mut self, in_block: bool) -> Vec<Stmt<'a>> {
         let mut stmts = Vec::new();
         loop {
             let token = self.peek();
@@ -249,10 +252,10 @@ impl<'t> Parser<'t, '_> {
         Ok(())
     }
 
-    fn statement(&mut self) -> Result<StmtKind, Failed> {
+    fn statement(&mut self) -> Result<StmtKind<'a>, Failed> {
         let token = self.peek();
         if let Tok::Ident(name) = &token.tok
-            && GROOVY_KEYWORDS.contains(&name.as_str())
+            && GROOVY_KEYWORDS.contains(name)
         {
             self.error(
                 token.pos,
@@ -277,7 +280,7 @@ impl<'t> Parser<'t, '_> {
                 self.skip_group();
                 return Err(Failed);
             }
-            Tok::Other(s) if s == "@" => {
+            Tok::Other("@") => {
                 self.error(
                     token.pos,
                     "unsupported annotation: shared libraries (`@Library`) need Groovy",
@@ -318,12 +321,12 @@ impl<'t> Parser<'t, '_> {
         }
     }
 
-    fn assignment(&mut self, eq: usize) -> Result<StmtKind, Failed> {
+    fn assignment(&mut self, eq: usize) -> Result<StmtKind<'a>, Failed> {
         // The name as written: the tokens before `=`, joined.
         let name = self.tokens[self.index..eq]
             .iter()
             .map(|t| match &t.tok {
-                Tok::Ident(s) | Tok::Number(s) | Tok::Other(s) => s.clone(),
+                Tok::Ident(s) | Tok::Number(s) | Tok::Other(s) => s.to_string(),
                 Tok::Punct(c) => c.to_string(),
                 _ => String::new(),
             })
@@ -335,14 +338,14 @@ impl<'t> Parser<'t, '_> {
 
     /// A call: the name, then `(args)`, command args, and/or a block.
     /// `statement` is true at statement level, where command syntax is allowed.
-    fn call(&mut self, statement: bool) -> Result<Call, Failed> {
+    fn call(&mut self, statement: bool) -> Result<Call<'a>, Failed> {
         let name_token = self.bump();
         let Tok::Ident(name) = &name_token.tok else {
             self.error(name_token.pos, "expected a name");
             return Err(Failed);
         };
         let mut call = Call {
-            name: name.clone(),
+            name,
             pos: name_token.pos,
             args: Vec::new(),
             block: None,
@@ -361,7 +364,7 @@ impl<'t> Parser<'t, '_> {
             }
             // Groovy code blocks are skipped whole: the caller reports them
             // as unsupported once, rather than every Groovy statement inside.
-            Tok::Punct('{') if statement && OPAQUE_BLOCKS.contains(&name.as_str()) => {
+            Tok::Punct('{') if statement && OPAQUE_BLOCKS.contains(name) => {
                 let pos = next.pos;
                 self.skip_group();
                 call.block = Some(Block {
@@ -398,7 +401,7 @@ impl<'t> Parser<'t, '_> {
         Ok(call)
     }
 
-    fn block(&mut self) -> Result<Block, Failed> {
+    fn block(&mut self) -> Result<Block<'a>, Failed> {
         self.enter()?;
         let open = self.bump();
         let stmts = self.statements(true);
@@ -422,7 +425,7 @@ impl<'t> Parser<'t, '_> {
 
     /// Comma-separated arguments, up to `close` (consumed) or, in command
     /// syntax (`close` is `None`), up to the end of the statement.
-    fn arguments(&mut self, close: Option<char>) -> Result<Vec<Arg>, Failed> {
+    fn arguments(&mut self, close: Option<char>) -> Result<Vec<Arg<'a>>, Failed> {
         let mut args = Vec::new();
         if let Some(c) = close
             && self.is_punct(c)
@@ -434,13 +437,7 @@ impl<'t> Parser<'t, '_> {
             let token = self.peek();
             let name = match (&token.tok, &self.peek_at(1).tok) {
                 (Tok::Ident(name), Tok::Punct(':')) => {
-                    let name = Some((name.clone(), token.pos));
-                    self.bump();
-                    self.bump();
-                    name
-                }
-                (Tok::Str(lit), Tok::Punct(':')) => {
-                    let name = lit.value.as_literal().map(|n| (n, token.pos));
+                    let name = Some((*name, token.pos));
                     self.bump();
                     self.bump();
                     name
@@ -479,7 +476,7 @@ impl<'t> Parser<'t, '_> {
         }
     }
 
-    fn expr(&mut self) -> Result<Expr, Failed> {
+    fn expr(&mut self) -> Result<Expr<'a>, Failed> {
         let token = self.peek();
         let pos = token.pos;
         let start = token.start;
@@ -490,20 +487,20 @@ impl<'t> Parser<'t, '_> {
             }
             Tok::Number(n) => {
                 self.bump();
-                ExprKind::Number(n.clone())
+                ExprKind::Number(n.to_string())
             }
-            Tok::Other(op) if op == "-" && matches!(self.peek_at(1).tok, Tok::Number(_)) => {
+            Tok::Other("-") if matches!(self.peek_at(1).tok, Tok::Number(_)) => {
                 self.bump();
                 let Tok::Number(n) = &self.bump().tok else {
                     return Err(Failed);
                 };
                 ExprKind::Number(format!("-{n}"))
             }
-            Tok::Ident(name) if name == "true" => {
+            Tok::Ident("true") => {
                 self.bump();
                 ExprKind::Bool(true)
             }
-            Tok::Ident(name) if name == "false" => {
+            Tok::Ident("false") => {
                 self.bump();
                 ExprKind::Bool(false)
             }
@@ -512,7 +509,7 @@ impl<'t> Parser<'t, '_> {
                     ExprKind::Call(Box::new(self.call(false)?))
                 } else {
                     self.bump();
-                    ExprKind::Ident(name.clone())
+                    ExprKind::Ident(name)
                 }
             }
             Tok::Punct('[') => {
@@ -550,7 +547,7 @@ impl<'t> Parser<'t, '_> {
         }
     }
 
-    fn list_items(&mut self) -> Result<Vec<Expr>, Failed> {
+    fn list_items(&mut self) -> Result<Vec<Expr<'a>>, Failed> {
         let mut items = Vec::new();
         if self.is_punct(']') {
             self.bump();
@@ -624,7 +621,7 @@ mod tests {
     }
 
     fn render_call(call: &Call, out: &mut String) {
-        out.push_str(&call.name);
+        out.push_str(call.name);
         out.push('(');
         for (i, arg) in call.args.iter().enumerate() {
             if i > 0 {

@@ -129,11 +129,11 @@ impl Seen {
 
 /// The parameters of a call, after checking their names.
 struct Params<'a> {
-    values: Vec<(&'static str, &'a Expr)>,
+    values: Vec<(&'static str, &'a Expr<'a>)>,
 }
 
 impl<'a> Params<'a> {
-    fn get(&self, name: &str) -> Option<&'a Expr> {
+    fn get(&self, name: &str) -> Option<&'a Expr<'a>> {
         self.values
             .iter()
             .find(|(n, _)| *n == name)
@@ -157,7 +157,7 @@ impl<'s> Validator<'s, '_> {
     }
 
     /// The block of a section that must have one and no arguments.
-    fn section_block<'c>(&mut self, call: &'c Call, what: &str) -> Option<&'c Block> {
+    fn section_block<'c>(&mut self, call: &'c Call<'c>, what: &str) -> Option<&'c Block<'c>> {
         if let Some(arg) = call.args.first() {
             self.error(
                 arg.value.pos,
@@ -177,7 +177,7 @@ impl<'s> Validator<'s, '_> {
     }
 
     /// The calls of a block; assignments are reported with `context`.
-    fn calls<'c>(&mut self, block: &'c Block, context: &str) -> Vec<&'c Call> {
+    fn calls<'c>(&mut self, block: &'c Block<'c>, context: &str) -> Vec<&'c Call<'c>> {
         let mut calls = Vec::new();
         for stmt in &block.stmts {
             match &stmt.kind {
@@ -203,7 +203,7 @@ impl<'s> Validator<'s, '_> {
         let mut has_agent = false;
         let mut failed = false;
         for section in self.calls(block, "`pipeline`") {
-            let name = section.name.as_str();
+            let name = section.name;
             if matches!(
                 name,
                 "agent" | "environment" | "options" | "stages" | "post"
@@ -258,7 +258,7 @@ impl<'s> Validator<'s, '_> {
 
     /// Reports a name that is not allowed where it is, as precisely as possible.
     fn misplaced(&mut self, call: &Call, context: &str, expected: &str) {
-        let name = call.name.as_str();
+        let name = call.name;
         let message = if UNSUPPORTED_SECTIONS.contains(&name) {
             format!("unsupported section `{name}`: Hodei does not run it")
         } else if name == "script" {
@@ -282,11 +282,11 @@ impl<'s> Validator<'s, '_> {
         let Some(block) = &call.block else {
             return match call.args.as_slice() {
                 [arg] if arg.name.is_none() => match &arg.value.kind {
-                    ExprKind::Ident(name) if name == "any" => Some(Agent {
+                    ExprKind::Ident("any") => Some(Agent {
                         pos,
                         kind: AgentKind::Any,
                     }),
-                    ExprKind::Ident(name) if name == "none" => Some(Agent {
+                    ExprKind::Ident("none") => Some(Agent {
                         pos,
                         kind: AgentKind::None,
                     }),
@@ -358,7 +358,7 @@ impl<'s> Validator<'s, '_> {
                 return None;
             }
         };
-        let kind = match inner.name.as_str() {
+        let kind = match inner.name {
             "label" if inner.block.is_none() => {
                 let params = self.params(inner, &["label"], Some("label"))?;
                 let expr = self.required(inner, &params, "label")?;
@@ -412,14 +412,14 @@ impl<'s> Validator<'s, '_> {
 
     /// `node { label 'x'; customWorkspace 'w' }` and `label { ... }`.
     fn node_agent(&mut self, call: &Call) -> Option<AgentKind> {
-        let what = call.name.as_str();
+        let what = call.name;
         let block = self.section_block(call, what)?;
         let mut seen = Seen::default();
         let mut expr = None;
         let mut custom_workspace = None;
         let mut ok = true;
         for inner in self.calls(block, &format!("`{what}`")) {
-            if let Some(first) = seen.check(&inner.name, inner.pos) {
+            if let Some(first) = seen.check(inner.name, inner.pos) {
                 self.error(
                     inner.pos,
                     format!("duplicate `{}` in `{what}` (first at {first})", inner.name),
@@ -428,7 +428,7 @@ impl<'s> Validator<'s, '_> {
                 continue;
             }
             let value = self.single_value(inner);
-            match (inner.name.as_str(), value) {
+            match (inner.name, value) {
                 ("label", Some(value)) => match self.label(value) {
                     Some(label) => expr = label,
                     None => ok = false,
@@ -474,7 +474,7 @@ impl<'s> Validator<'s, '_> {
             let mut seen = Seen::default();
             let mut ok = true;
             for inner in self.calls(block, "`docker`") {
-                if let Some(first) = seen.check(&inner.name, inner.pos) {
+                if let Some(first) = seen.check(inner.name, inner.pos) {
                     self.error(
                         inner.pos,
                         format!("duplicate `{}` in `docker` (first at {first})", inner.name),
@@ -483,7 +483,7 @@ impl<'s> Validator<'s, '_> {
                     continue;
                 }
                 let value = self.single_value(inner);
-                match (inner.name.as_str(), value) {
+                match (inner.name, value) {
                     ("image", Some(value)) => image = self.plain_string(value, "image"),
                     ("args", Some(value)) => {
                         args = self.plain_string(value, "args");
@@ -529,7 +529,7 @@ impl<'s> Validator<'s, '_> {
         let mut inherit_from = None;
         let mut ok = true;
         for inner in self.calls(block, "`kubernetes`") {
-            if let Some(first) = seen.check(&inner.name, inner.pos) {
+            if let Some(first) = seen.check(inner.name, inner.pos) {
                 self.error(
                     inner.pos,
                     format!(
@@ -541,7 +541,7 @@ impl<'s> Validator<'s, '_> {
                 continue;
             }
             let value = self.single_value(inner);
-            match (inner.name.as_str(), value) {
+            match (inner.name, value) {
                 ("yaml", Some(value)) => {
                     yaml = self.plain_string(value, "yaml");
                     ok &= yaml.is_some();
@@ -571,7 +571,7 @@ impl<'s> Validator<'s, '_> {
     }
 
     /// The one positional value of a `name value` directive.
-    fn single_value<'c>(&mut self, call: &'c Call) -> Option<&'c Expr> {
+    fn single_value<'c>(&mut self, call: &'c Call<'c>) -> Option<&'c Expr<'c>> {
         if let Some(block) = &call.block {
             self.error(
                 block.pos,
@@ -717,7 +717,7 @@ impl<'s> Validator<'s, '_> {
             return Some(default);
         };
         let name = match &expr.kind {
-            ExprKind::Ident(name) => name.clone(),
+            ExprKind::Ident(name) => name.to_string(),
             _ => self.plain_string(expr, "unit")?,
         };
         match TimeUnit::parse(&name) {
@@ -736,12 +736,12 @@ impl<'s> Validator<'s, '_> {
     /// a single positional argument is the `default` parameter.
     fn params<'c>(
         &mut self,
-        call: &'c Call,
+        call: &'c Call<'c>,
         allowed: &[&'static str],
         default: Option<&'static str>,
     ) -> Option<Params<'c>> {
-        let name = call.name.as_str();
-        let mut values: Vec<(&'static str, &'c Expr)> = Vec::new();
+        let name = call.name;
+        let mut values: Vec<(&'static str, &'c Expr<'c>)> = Vec::new();
         let mut ok = true;
         let positional: Vec<_> = call.args.iter().filter(|a| a.name.is_none()).collect();
         let named = call.args.len() - positional.len();
@@ -782,8 +782,8 @@ impl<'s> Validator<'s, '_> {
             let Some((param, pos)) = &arg.name else {
                 continue;
             };
-            let Some(known) = allowed.iter().find(|a| **a == param.as_str()) else {
-                let message = if name == "sh" && param == "returnStdout" {
+            let Some(known) = allowed.iter().find(|a| *a == param) else {
+                let message = if name == "sh" && *param == "returnStdout" {
                     "unsupported parameter `returnStdout` for `sh`: using a step's output needs Groovy".to_string()
                 } else if allowed.is_empty() {
                     format!("unknown parameter `{param}` for `{name}`: it takes none")
@@ -807,7 +807,12 @@ impl<'s> Validator<'s, '_> {
         ok.then_some(Params { values })
     }
 
-    fn required<'c>(&mut self, call: &Call, params: &Params<'c>, param: &str) -> Option<&'c Expr> {
+    fn required<'c>(
+        &mut self,
+        call: &Call,
+        params: &Params<'c>,
+        param: &str,
+    ) -> Option<&'c Expr<'c>> {
         let value = params.get(param);
         if value.is_none() {
             self.error(
@@ -908,7 +913,7 @@ impl<'s> Validator<'s, '_> {
         };
         let mut seen = Seen::default();
         for option in self.calls(block, "`options`") {
-            let name = option.name.as_str();
+            let name = option.name;
             if let Some(first) = seen.check(name, option.pos) {
                 self.error(
                     option.pos,
@@ -1001,7 +1006,7 @@ impl<'s> Validator<'s, '_> {
                 }
             } else {
                 ok = false;
-                let message = if is_step_name(&inner.name) {
+                let message = if is_step_name(inner.name) {
                     format!(
                         "step `{}` is not allowed in `{what}`: expected it inside `stage('name') {{ steps {{ ... }} }}`",
                         inner.name
@@ -1081,7 +1086,7 @@ impl<'s> Validator<'s, '_> {
         let mut fail_fast: Option<(bool, Pos)> = None;
         let mut body: Option<(&str, Pos, Option<StageBody>)> = None;
         for section in self.calls(block, &format!("stage `{shown}`")) {
-            let section_name = section.name.as_str();
+            let section_name = section.name;
             let known = matches!(
                 section_name,
                 "agent"
@@ -1263,7 +1268,7 @@ impl<'s> Validator<'s, '_> {
 
     fn condition(&mut self, call: &Call) -> Option<Condition> {
         let pos = call.pos;
-        let kind = match call.name.as_str() {
+        let kind = match call.name {
             "branch" => {
                 self.no_block(call);
                 let params = self.params(call, &["pattern", "comparator"], Some("pattern"))?;
@@ -1309,7 +1314,7 @@ impl<'s> Validator<'s, '_> {
                 ConditionKind::Environment { name, value }
             }
             "not" | "allOf" | "anyOf" => {
-                let what = call.name.as_str();
+                let what = call.name;
                 let block = self.section_block(call, what)?;
                 let mut children = Vec::new();
                 let mut ok = !block.had_error();
@@ -1374,7 +1379,7 @@ impl<'s> Validator<'s, '_> {
         let mut count = 0usize;
         for inner in self.calls(block, "`post`") {
             count += 1;
-            let Some(condition) = PostCondition::parse(&inner.name) else {
+            let Some(condition) = PostCondition::parse(inner.name) else {
                 let names: Vec<&str> = PostCondition::ALL.iter().map(|(n, _)| *n).collect();
                 self.error(
                     inner.pos,
@@ -1386,7 +1391,7 @@ impl<'s> Validator<'s, '_> {
                 );
                 continue;
             };
-            if let Some(first) = seen.check(&inner.name, inner.pos) {
+            if let Some(first) = seen.check(inner.name, inner.pos) {
                 self.error(
                     inner.pos,
                     format!(
@@ -1396,7 +1401,7 @@ impl<'s> Validator<'s, '_> {
                 );
                 continue;
             }
-            let Some(steps_block) = self.section_block(inner, &inner.name) else {
+            let Some(steps_block) = self.section_block(inner, inner.name) else {
                 continue;
             };
             let steps = self.steps(steps_block);
@@ -1474,7 +1479,7 @@ impl<'s> Validator<'s, '_> {
     }
 
     fn step(&mut self, call: &Call) -> Option<Step> {
-        let name = call.name.as_str();
+        let name = call.name;
         let kind = match name {
             "sh" => {
                 let params =
