@@ -8,6 +8,7 @@
 use std::fmt;
 
 use super::Pos;
+use crate::ids::TemplateId;
 use crate::label::LabelExpr;
 
 /// A declarative pipeline (`pipeline { ... }`).
@@ -53,7 +54,7 @@ pub enum AgentKind {
         custom_workspace: Option<String>,
     },
     /// `agent { template 'id' }`: exactly this worker template.
-    Template(String),
+    Template(TemplateId),
     /// `agent { docker 'image' }` or `agent { docker { image 'x'; args '-v ..' } }`.
     Docker {
         /// The image to run the steps in.

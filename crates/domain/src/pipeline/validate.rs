@@ -373,10 +373,13 @@ impl<'s> Validator<'s, '_> {
                 let params = self.params(inner, &["name"], Some("name"))?;
                 let expr = self.required(inner, &params, "name")?;
                 let id = self.plain_string(expr, "template")?;
-                if let Err(e) = crate::ids::TemplateId::new(id.clone()) {
-                    self.error(expr.pos, format!("invalid template id: {e}"));
-                    return None;
-                }
+                let id = match crate::ids::TemplateId::new(id) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        self.error(expr.pos, format!("invalid template id: {e}"));
+                        return None;
+                    }
+                };
                 self.no_block(inner);
                 Some(AgentKind::Template(id))
             }

@@ -4,11 +4,11 @@
 //! one helper each; every validation error is checked with its exact message
 //! and position.
 
-use hodei_domain::LabelExpr;
 use hodei_domain::pipeline::{
     Agent, AgentKind, Comparator, ConditionKind, Duration, EnvValue, Interpolation, Options, Part,
     Pipeline, PlanBody, PostCondition, SegmentOwner, StageBody, StepKind, TimeUnit, parse, plan,
 };
+use hodei_domain::{LabelExpr, TemplateId};
 
 /// Lints `source`; `Ok(pipeline)` or every diagnostic as `LINE:COL: message`.
 fn lint(source: &str) -> Result<Pipeline, Vec<String>> {
@@ -276,11 +276,11 @@ fn agents_in_both_spellings() {
         ),
         (
             "agent { template 'java-maven' }",
-            AgentKind::Template("java-maven".into()),
+            AgentKind::Template(TemplateId::new("java-maven").expect("valid id")),
         ),
         (
             "agent { template(\"java-maven\") }",
-            AgentKind::Template("java-maven".into()),
+            AgentKind::Template(TemplateId::new("java-maven").expect("valid id")),
         ),
         (
             "agent { docker 'alpine:3' }",
