@@ -38,6 +38,8 @@ macro_rules! subcommands {
 
 subcommands! {
     Templates => templates,
+    Lint => lint,
+    Plan => plan,
 }
 
 /// Hodei runs Jenkins-style declarative pipelines on ephemeral workers: a

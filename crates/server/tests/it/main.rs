@@ -1,3 +1,4 @@
 //! Integration tests of the `hodei` binary.
 
+mod pipeline;
 mod templates;
