@@ -1,6 +1,7 @@
 //! Hodei's adapters: implementations of the ports declared in
 //! `hodei-application` (template files, repositories, orchestrators).
 
+pub mod local;
 pub mod memory_templates;
 pub mod template_file;
 

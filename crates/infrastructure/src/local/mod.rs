@@ -1,0 +1,457 @@
+//! The local-process backend: each ephemeral worker is a child process of
+//! the server running the `hodei-worker` binary, in its own process group.
+//!
+//! - The child gets the server's own environment with
+//!   [`WorkerSpec::worker_environment`] on top (the seed's `SERVER_HOST`,
+//!   `SERVER_PORT`, `WORKER_ID`, `WORKER_NAME`, `WORKER_CAPABILITIES`,
+//!   `EPHEMERAL_MODE=true`, and `HODEI_WORKER_TOKEN`), plus
+//!   `HODEI_WORKSPACE_ROOT` and `HODEI_SERVER_LOST_GRACE` from the
+//!   configuration.
+//! - Its stderr is kept in a bounded ring buffer (the last
+//!   [`LocalConfig::stderr_lines`] lines), so an exit before connecting
+//!   reports the exit status and the worker's own last words through
+//!   [`WorkerOrchestrator::worker_state`].
+//! - Deleting a worker sends SIGTERM to its process group (the worker then
+//!   kills the process groups of its steps), SIGKILL after
+//!   [`LocalConfig::stop_grace`], reaps it, and finally kills any process
+//!   that still carries the worker's `WORKER_ID` in its environment (steps
+//!   run in their own process groups; this catches them even when the
+//!   worker died without cleaning up).
+//!
+//! Image templates mean nothing here: the backend offers its own `local`
+//! template, built from [`detect_host_capabilities`].
+
+pub mod capabilities;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hodei_application::orchestrator::{
+    BackendState, BackendWorker, OrchestratorError, WorkerHandle, WorkerOrchestrator, WorkerSpec,
+};
+use hodei_domain::{IdError, JobId, TemplateError, TemplateId, WorkerId};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::watch;
+
+pub use capabilities::{
+    DEFAULT_PROBE_TIMEOUT, DetectedTool, HostCapabilities, LOCAL_TEMPLATE_ID,
+    detect_host_capabilities, detect_with_path,
+};
+
+/// Name of the worker binary looked up by default.
+pub const WORKER_BINARY: &str = "hodei-worker";
+/// Longest stderr line kept, in bytes; longer lines are cut.
+const MAX_LINE: usize = 1000;
+
+/// A local-backend problem outside the port's own errors.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// No worker binary was configured and none was found.
+    #[error("worker binary {WORKER_BINARY:?} not found next to {exe} nor on PATH")]
+    WorkerBinaryNotFound {
+        /// The current executable's path.
+        exe: String,
+    },
+    /// The `local` template could not be built.
+    #[error("local template: {0}")]
+    Template(#[from] TemplateError),
+    /// The `local` template id was refused.
+    #[error("local template: {0}")]
+    Id(#[from] IdError),
+}
+
+/// Settings of the local backend.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// The worker binary; see [`LocalConfig::resolve_worker_binary`].
+    pub worker_binary: PathBuf,
+    /// Arguments before any other (e.g. `["worker"]` to run `hodei worker`
+    /// from the server's own executable).
+    pub worker_args: Vec<String>,
+    /// Given to workers as `HODEI_WORKSPACE_ROOT`.
+    pub workspace_root: PathBuf,
+    /// Given to workers as `HODEI_SERVER_LOST_GRACE` (whole milliseconds).
+    pub server_lost_grace: Option<Duration>,
+    /// Time between SIGTERM and SIGKILL when deleting a worker.
+    pub stop_grace: Duration,
+    /// How many stderr lines are kept per worker.
+    pub stderr_lines: usize,
+}
+
+impl LocalConfig {
+    /// A configuration running `worker_binary`, with workspaces under the
+    /// temporary directory, a 5 s stop grace and 20 stderr lines.
+    pub fn new(worker_binary: impl Into<PathBuf>) -> Self {
+        Self {
+            worker_binary: worker_binary.into(),
+            worker_args: Vec::new(),
+            workspace_root: std::env::temp_dir().join("hodei-workspaces"),
+            server_lost_grace: None,
+            stop_grace: Duration::from_secs(5),
+            stderr_lines: 20,
+        }
+    }
+
+    /// The default worker binary: `hodei-worker` next to the current
+    /// executable, else the first `hodei-worker` on `PATH`.
+    ///
+    /// # Errors
+    /// [`LocalError::WorkerBinaryNotFound`] when there is neither.
+    pub fn resolve_worker_binary() -> Result<PathBuf, LocalError> {
+        let exe = std::env::current_exe().unwrap_or_default();
+        let beside = exe.parent().map(|dir| dir.join(WORKER_BINARY));
+        if let Some(path) = beside.filter(|p| p.is_file()) {
+            return Ok(path);
+        }
+        let path_var = std::env::var("PATH").unwrap_or_default();
+        capabilities::find_on_path(WORKER_BINARY, &path_var).ok_or_else(|| {
+            LocalError::WorkerBinaryNotFound {
+                exe: exe.display().to_string(),
+            }
+        })
+    }
+}
+
+/// The last lines of a stream, bounded in count and line length.
+#[derive(Debug, Default)]
+struct Tail {
+    lines: VecDeque<String>,
+    capacity: usize,
+}
+
+impl Tail {
+    fn push(&mut self, line: &str) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.lines.len() == self.capacity {
+            self.lines.pop_front();
+        }
+        let mut end = line.len().min(MAX_LINE);
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.lines.push_back(line[..end].to_owned());
+    }
+}
+
+/// One child worker.
+#[derive(Debug)]
+struct LocalChild {
+    job_id: JobId,
+    template_id: TemplateId,
+    server_id: String,
+    pid: u32,
+    tail: Arc<Mutex<Tail>>,
+    /// `Some` once the child was reaped.
+    exit: watch::Receiver<Option<ExitStatus>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The local-process [`WorkerOrchestrator`].
+#[derive(Debug)]
+pub struct LocalOrchestrator {
+    config: LocalConfig,
+    children: Mutex<HashMap<WorkerId, LocalChild>>,
+}
+
+impl LocalOrchestrator {
+    /// A backend with no children yet.
+    pub fn new(config: LocalConfig) -> Self {
+        Self {
+            config,
+            children: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The operating-system process id of a worker, while it is tracked.
+    pub fn pid(&self, id: &WorkerId) -> Option<u32> {
+        lock(&self.children).get(id).map(|c| c.pid)
+    }
+
+    /// Waits until the worker has exited (or is unknown) and returns its
+    /// state. For tests and for callers that want to react to an exit
+    /// without polling.
+    pub async fn wait_exit(&self, id: &WorkerId) -> BackendState {
+        let exit = lock(&self.children).get(id).map(|c| c.exit.clone());
+        if let Some(mut exit) = exit {
+            let _ = exit.wait_for(Option::is_some).await.is_ok();
+        }
+        self.state_of(id)
+    }
+
+    fn state_of(&self, id: &WorkerId) -> BackendState {
+        let children = lock(&self.children);
+        let Some(child) = children.get(id) else {
+            return BackendState::NotFound;
+        };
+        let status = *child.exit.borrow();
+        match status {
+            None => BackendState::Running,
+            Some(status) => {
+                use std::os::unix::process::ExitStatusExt;
+                let reason = match (status.code(), status.signal()) {
+                    (Some(code), _) => format!("exit status {code}"),
+                    (None, Some(signal)) => format!("signal {signal}"),
+                    (None, None) => "an unknown status".to_owned(),
+                };
+                BackendState::Exited {
+                    code: status.code(),
+                    reason,
+                    last_lines: lock(&child.tail).lines.iter().cloned().collect(),
+                }
+            }
+        }
+    }
+}
+
+/// Sends `signal` to a process group; a missing group is fine.
+fn signal_group(pgid: u32, signal: Signal) {
+    if let Ok(raw) = i32::try_from(pgid)
+        && raw > 1
+    {
+        let _ = killpg(Pid::from_raw(raw), signal);
+    }
+}
+
+/// Kills every process (and its process group) whose environment holds
+/// `WORKER_ID=<id>`: what a worker's steps left behind.
+fn kill_marked_processes(worker_id: &str) -> usize {
+    let marker = format!("WORKER_ID={worker_id}");
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if !environ
+            .split(|b| *b == 0)
+            .any(|var| var == marker.as_bytes())
+        {
+            continue;
+        }
+        if let Some(pgid) = process_group_of(&entry.path()) {
+            signal_group(pgid, Signal::SIGKILL);
+        }
+        if let Ok(raw) = i32::try_from(pid) {
+            let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+        }
+        killed += 1;
+    }
+    killed
+}
+
+/// The process group id from `/proc/<pid>/stat` (field 5).
+fn process_group_of(proc_dir: &Path) -> Option<u32> {
+    let stat = std::fs::read_to_string(proc_dir.join("stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(2)?.parse().ok()
+}
+
+#[async_trait]
+impl WorkerOrchestrator for LocalOrchestrator {
+    fn backend(&self) -> &'static str {
+        "local"
+    }
+
+    async fn create_worker(&self, spec: WorkerSpec) -> Result<WorkerHandle, OrchestratorError> {
+        if lock(&self.children).contains_key(&spec.worker_id) {
+            return Err(OrchestratorError::AlreadyExists(spec.worker_id));
+        }
+        let provisioning = |reason: String| OrchestratorError::Provisioning {
+            worker_id: spec.worker_id.clone(),
+            reason,
+        };
+        let mut command = tokio::process::Command::new(&self.config.worker_binary);
+        command
+            .args(&self.config.worker_args)
+            .envs(spec.worker_environment())
+            .env("HODEI_WORKSPACE_ROOT", &self.config.workspace_root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        if let Some(grace) = self.config.server_lost_grace {
+            command.env(
+                "HODEI_SERVER_LOST_GRACE",
+                format!("{}ms", grace.as_millis()),
+            );
+        }
+        let mut child = command.spawn().map_err(|e| {
+            provisioning(format!(
+                "starting worker binary {}: {e}",
+                self.config.worker_binary.display()
+            ))
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let tail = Arc::new(Mutex::new(Tail {
+            lines: VecDeque::new(),
+            capacity: self.config.stderr_lines,
+        }));
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let stderr = child.stderr.take();
+        let tail_writer = tail.clone();
+        let worker_id = spec.worker_id.to_string();
+        tokio::spawn(async move {
+            let reader_id = worker_id.clone();
+            let reader = tokio::spawn(async move {
+                if let Some(stderr) = stderr {
+                    let mut lines = BufReader::new(stderr).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        tracing::debug!(worker_id = %reader_id, "worker: {line}");
+                        lock(&tail_writer).push(&line);
+                    }
+                }
+            });
+            let status = child.wait().await;
+            // Give the reader a moment for the last lines; a stray process
+            // holding stderr open must not delay the exit.
+            let _ = tokio::time::timeout(Duration::from_millis(500), reader).await;
+            match status {
+                Ok(status) => {
+                    let _ = exit_tx.send(Some(status));
+                }
+                Err(e) => {
+                    tracing::warn!(worker_id = %worker_id, error = %e, "waiting for worker failed");
+                    use std::os::unix::process::ExitStatusExt;
+                    let _ = exit_tx.send(Some(ExitStatus::from_raw(-1)));
+                }
+            }
+        });
+        tracing::info!(worker_id = %spec.worker_id, pid, "local worker started");
+        lock(&self.children).insert(
+            spec.worker_id.clone(),
+            LocalChild {
+                job_id: spec.job_id.clone(),
+                template_id: spec.template.id().clone(),
+                server_id: spec.server_id.clone(),
+                pid,
+                tail,
+                exit: exit_rx,
+            },
+        );
+        Ok(WorkerHandle {
+            worker_id: spec.worker_id,
+            backend_id: pid.to_string(),
+        })
+    }
+
+    async fn delete_worker(&self, id: &WorkerId) -> Result<(), OrchestratorError> {
+        let found = lock(&self.children)
+            .get(id)
+            .map(|c| (c.pid, c.exit.clone()));
+        if let Some((pid, mut exit)) = found {
+            let running = exit.borrow().is_none();
+            if running {
+                signal_group(pid, Signal::SIGTERM);
+                let graceful = tokio::time::timeout(self.config.stop_grace, async {
+                    exit.wait_for(Option::is_some).await.is_ok()
+                })
+                .await
+                .is_ok();
+                if !graceful {
+                    signal_group(pid, Signal::SIGKILL);
+                    let _ = exit.wait_for(Option::is_some).await.is_ok();
+                }
+            }
+            // The worker is reaped; whatever still runs in its group goes.
+            signal_group(pid, Signal::SIGKILL);
+        }
+        let worker_id = id.to_string();
+        let swept = tokio::task::spawn_blocking(move || kill_marked_processes(&worker_id))
+            .await
+            .unwrap_or(0);
+        if swept > 0 {
+            tracing::info!(worker_id = %id, processes = swept, "killed processes left by the worker");
+        }
+        lock(&self.children).remove(id);
+        Ok(())
+    }
+
+    async fn list_workers(&self, server_id: &str) -> Result<Vec<BackendWorker>, OrchestratorError> {
+        let ids: Vec<(WorkerId, JobId, TemplateId, u32)> = lock(&self.children)
+            .iter()
+            .filter(|(_, c)| c.server_id == server_id)
+            .map(|(id, c)| (id.clone(), c.job_id.clone(), c.template_id.clone(), c.pid))
+            .collect();
+        let mut workers: Vec<BackendWorker> = ids
+            .into_iter()
+            .map(|(worker_id, job_id, template_id, pid)| BackendWorker {
+                state: self.state_of(&worker_id),
+                worker_id,
+                job_id: Some(job_id),
+                template_id: Some(template_id),
+                backend_id: pid.to_string(),
+            })
+            .collect();
+        workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        Ok(workers)
+    }
+
+    async fn worker_state(&self, id: &WorkerId) -> Result<BackendState, OrchestratorError> {
+        Ok(self.state_of(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        fn check(capacity: usize, input: &[&str], expected: &[&str]) {
+            let mut tail = Tail {
+                lines: VecDeque::new(),
+                capacity,
+            };
+            for line in input {
+                tail.push(line);
+            }
+            assert_eq!(
+                tail.lines.iter().map(String::as_str).collect::<Vec<_>>(),
+                expected
+            );
+        }
+        check(2, &["a", "b", "c"], &["b", "c"]);
+        check(3, &["a"], &["a"]);
+        check(0, &["a"], &[]);
+        let long = "é".repeat(MAX_LINE);
+        let mut tail = Tail {
+            lines: VecDeque::new(),
+            capacity: 1,
+        };
+        tail.push(&long);
+        assert!(tail.lines[0].len() <= MAX_LINE);
+    }
+
+    #[test]
+    fn process_group_from_stat() {
+        let me = process_group_of(Path::new("/proc/self"));
+        assert_eq!(me, Some(nix::unistd::getpgrp().as_raw() as u32));
+    }
+}

@@ -1,0 +1,3 @@
+//! Integration tests of the infrastructure adapters, with real processes.
+
+mod local;
