@@ -87,9 +87,11 @@ pub async fn run(config: WorkerConfig) -> Result<Outcome, WorkerError> {
     session::run_until(config, std::future::pending()).await
 }
 
-/// Like [`run`], but also stops (killing running steps, reporting them as
-/// cancelled when still connected) when `stop` completes — pass a signal
-/// future such as `tokio::signal::ctrl_c()`.
+/// Like [`run`], but also stops when `stop` completes (pass a signal future
+/// such as `tokio::signal::ctrl_c()`): running steps are killed (SIGTERM to
+/// their process groups, SIGKILL after the kill grace), the workspace is
+/// removed and [`Outcome::Stopped`] is returned. The server learns of it
+/// from the closed stream.
 pub async fn run_until(
     config: WorkerConfig,
     stop: impl Future<Output = ()>,
