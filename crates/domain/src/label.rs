@@ -201,7 +201,7 @@ impl LabelExpr {
     }
 
     /// Evaluates the expression with `has(label)` deciding each atom.
-    pub fn matches_with(&self, has: &dyn Fn(&str) -> bool) -> bool {
+    pub fn matches_with<F: Fn(&str) -> bool + ?Sized>(&self, has: &F) -> bool {
         match self {
             LabelExpr::Atom(a) => has(a),
             LabelExpr::Not(e) => !e.matches_with(has),

@@ -199,11 +199,15 @@ impl fmt::Display for Rejection<'_> {
     }
 }
 
-/// A template that does not satisfy the requirements, with every reason.
+/// A template that does not satisfy the requirements.
+///
+/// The reasons are worked out when asked for
+/// ([`Rejected::reasons`], `Display`), so that selecting among many
+/// templates costs no more than evaluating them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected<'a> {
     template: &'a WorkerTemplate,
-    reasons: Vec<Rejection<'a>>,
+    requirements: &'a WorkerRequirements,
 }
 
 impl<'a> Rejected<'a> {
@@ -212,17 +216,43 @@ impl<'a> Rejected<'a> {
         self.template
     }
 
-    /// Why it was turned down (labels first, then cpu, then memory); never
+    /// Why it was turned down: labels first, then cpu, then memory; never
     /// empty.
-    pub fn reasons(&self) -> &[Rejection<'a>] {
-        &self.reasons
+    pub fn reasons(&self) -> Vec<Rejection<'a>> {
+        let caps = self.template.capabilities();
+        let resources = self.template.resources();
+        let mut reasons = Vec::new();
+        if let Some(expr) = &self.requirements.label
+            && !expr.matches(caps)
+        {
+            reasons.push(Rejection::Labels {
+                facts: expr.explain(caps),
+            });
+        }
+        if let Some(required) = self.requirements.min_cpu
+            && resources.cpu() < required
+        {
+            reasons.push(Rejection::Cpu {
+                required,
+                available: resources.cpu(),
+            });
+        }
+        if let Some(required) = self.requirements.min_memory
+            && resources.memory() < required
+        {
+            reasons.push(Rejection::Memory {
+                required,
+                available: resources.memory(),
+            });
+        }
+        reasons
     }
 }
 
 impl fmt::Display for Rejected<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: ", self.template.id())?;
-        for (i, reason) in self.reasons.iter().enumerate() {
+        for (i, reason) in self.reasons().iter().enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
@@ -392,12 +422,13 @@ where
     for template in templates {
         let caps = template.capabilities();
         let resources = template.resources();
-        let labels_ok = requirements.label.as_ref().is_none_or(|e| e.matches(caps));
-        let cpu_ok = requirements.min_cpu.is_none_or(|m| resources.cpu() >= m);
-        let memory_ok = requirements
-            .min_memory
-            .is_none_or(|m| resources.memory() >= m);
-        if labels_ok && cpu_ok && memory_ok {
+        // Cheap checks first; the reasons are worked out only when asked.
+        let ok = requirements.min_cpu.is_none_or(|m| resources.cpu() >= m)
+            && requirements
+                .min_memory
+                .is_none_or(|m| resources.memory() >= m)
+            && requirements.label.as_ref().is_none_or(|e| e.matches(caps));
+        if ok {
             let mentioned = caps.iter().filter(|c| asked.contains(c.as_str())).count();
             candidates.push(Candidate {
                 template,
@@ -406,25 +437,10 @@ where
             });
             continue;
         }
-        let mut reasons = Vec::new();
-        if let (false, Some(expr)) = (labels_ok, &requirements.label) {
-            reasons.push(Rejection::Labels {
-                facts: expr.explain(caps),
-            });
-        }
-        if let (false, Some(required)) = (cpu_ok, requirements.min_cpu) {
-            reasons.push(Rejection::Cpu {
-                required,
-                available: resources.cpu(),
-            });
-        }
-        if let (false, Some(required)) = (memory_ok, requirements.min_memory) {
-            reasons.push(Rejection::Memory {
-                required,
-                available: resources.memory(),
-            });
-        }
-        rejected.push(Rejected { template, reasons });
+        rejected.push(Rejected {
+            template,
+            requirements,
+        });
     }
     candidates.sort_by(Candidate::rank);
     TemplateSelection {
