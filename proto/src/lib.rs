@@ -17,3 +17,91 @@
 pub mod v1 {
     tonic::include_proto!("hodei.v1");
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    /// Every service, method, message, field, oneof, enum and enum value of
+    /// the protocol carries a comment.
+    #[test]
+    fn every_declaration_is_documented() {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let mut compiler = protox::Compiler::new([root]).unwrap();
+        compiler.include_source_info(true);
+        let files = [
+            "hodei/v1/common.proto",
+            "hodei/v1/job.proto",
+            "hodei/v1/worker.proto",
+            "hodei/v1/admin.proto",
+        ];
+        compiler.open_files(files).unwrap();
+        let set = compiler.file_descriptor_set();
+        let mut missing = Vec::new();
+        for file in set.file.iter().filter(|f| files.contains(&f.name())) {
+            let documented: HashSet<Vec<i32>> = file
+                .source_code_info
+                .iter()
+                .flat_map(|info| &info.location)
+                .filter(|loc| {
+                    loc.leading_comments
+                        .as_deref()
+                        .is_some_and(|c| !c.trim().is_empty())
+                })
+                .map(|loc| loc.path.clone())
+                .collect();
+            let mut need = |path: Vec<i32>, what: String| {
+                if !documented.contains(&path) {
+                    missing.push(format!("{}: {what}", file.name()));
+                }
+            };
+            fn messages(
+                prefix: Vec<i32>,
+                list: &[prost_types::DescriptorProto],
+                need: &mut dyn FnMut(Vec<i32>, String),
+            ) {
+                for (i, m) in list.iter().enumerate() {
+                    if m.options.as_ref().is_some_and(|o| o.map_entry()) {
+                        // Synthesised for `map<K, V>` fields.
+                        continue;
+                    }
+                    let path = [prefix.clone(), vec![i as i32]].concat();
+                    need(path.clone(), format!("message {}", m.name()));
+                    for (j, f) in m.field.iter().enumerate() {
+                        need(
+                            [path.clone(), vec![2, j as i32]].concat(),
+                            format!("field {}.{}", m.name(), f.name()),
+                        );
+                    }
+                    for (j, o) in m.oneof_decl.iter().enumerate() {
+                        need(
+                            [path.clone(), vec![8, j as i32]].concat(),
+                            format!("oneof {}.{}", m.name(), o.name()),
+                        );
+                    }
+                    messages([path.clone(), vec![3]].concat(), &m.nested_type, need);
+                }
+            }
+            messages(vec![4], &file.message_type, &mut need);
+            for (i, e) in file.enum_type.iter().enumerate() {
+                need(vec![5, i as i32], format!("enum {}", e.name()));
+                for (j, v) in e.value.iter().enumerate() {
+                    need(
+                        vec![5, i as i32, 2, j as i32],
+                        format!("enum value {}", v.name()),
+                    );
+                }
+            }
+            for (i, s) in file.service.iter().enumerate() {
+                need(vec![6, i as i32], format!("service {}", s.name()));
+                for (j, m) in s.method.iter().enumerate() {
+                    need(
+                        vec![6, i as i32, 2, j as i32],
+                        format!("rpc {}.{}", s.name(), m.name()),
+                    );
+                }
+            }
+        }
+        assert!(missing.is_empty(), "undocumented: {missing:#?}");
+    }
+}
