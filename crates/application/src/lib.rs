@@ -6,5 +6,6 @@
 
 pub mod orchestrator;
 pub mod provider;
+pub mod runner;
 pub mod templates;
 pub mod worker_link;
