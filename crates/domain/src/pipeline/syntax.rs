@@ -79,7 +79,8 @@ pub(crate) struct Expr<'a> {
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum ExprKind<'a> {
-    Str(StrLit),
+    /// Borrowed from the token list, which outlives the tree.
+    Str(&'a StrLit),
     Number(String),
     Bool(bool),
     /// A bare name (`any`, `none`, `MINUTES`).
@@ -90,10 +91,10 @@ pub(crate) enum ExprKind<'a> {
 }
 
 /// Parses the tokens of a whole file.
-pub(crate) fn parse_tokens<'a>(
-    tokens: &[Token<'a>],
+pub(crate) fn parse_tokens<'t>(
+    tokens: &'t [Token<'_>],
     diagnostics: &mut Vec<Diagnostic>,
-) -> Block<'a> {
+) -> Block<'t> {
     let mut parser = Parser {
         tokens,
         index: 0,
@@ -144,7 +145,7 @@ impl<'t, 'a> Parser<'t, 'a, '_> {
     }
 
     /// Statements up to `}` (not consumed) when `in_block`, else up to the end.
-    fn statements(&mut self, in_block: bool) -> Vec<Stmt<'a>> {
+    fn statements(&mut self, in_block: bool) -> Vec<Stmt<'t>> {
         let mut stmts = Vec::new();
         loop {
             let token = self.peek();
@@ -252,7 +253,7 @@ impl<'t, 'a> Parser<'t, 'a, '_> {
         Ok(())
     }
 
-    fn statement(&mut self) -> Result<StmtKind<'a>, Failed> {
+    fn statement(&mut self) -> Result<StmtKind<'t>, Failed> {
         let token = self.peek();
         if let Tok::Ident(name) = &token.tok
             && GROOVY_KEYWORDS.contains(name)
@@ -321,7 +322,7 @@ impl<'t, 'a> Parser<'t, 'a, '_> {
         }
     }
 
-    fn assignment(&mut self, eq: usize) -> Result<StmtKind<'a>, Failed> {
+    fn assignment(&mut self, eq: usize) -> Result<StmtKind<'t>, Failed> {
         // The name as written: the tokens before `=`, joined.
         let name = self.tokens[self.index..eq]
             .iter()
@@ -338,7 +339,7 @@ impl<'t, 'a> Parser<'t, 'a, '_> {
 
     /// A call: the name, then `(args)`, command args, and/or a block.
     /// `statement` is true at statement level, where command syntax is allowed.
-    fn call(&mut self, statement: bool) -> Result<Call<'a>, Failed> {
+    fn call(&mut self, statement: bool) -> Result<Call<'t>, Failed> {
         let name_token = self.bump();
         let Tok::Ident(name) = &name_token.tok else {
             self.error(name_token.pos, "expected a name");
@@ -401,7 +402,7 @@ impl<'t, 'a> Parser<'t, 'a, '_> {
         Ok(call)
     }
 
-    fn block(&mut self) -> Result<Block<'a>, Failed> {
+    fn block(&mut self) -> Result<Block<'t>, Failed> {
         self.enter()?;
         let open = self.bump();
         let stmts = self.statements(true);
@@ -425,7 +426,7 @@ impl<'t, 'a> Parser<'t, 'a, '_> {
 
     /// Comma-separated arguments, up to `close` (consumed) or, in command
     /// syntax (`close` is `None`), up to the end of the statement.
-    fn arguments(&mut self, close: Option<char>) -> Result<Vec<Arg<'a>>, Failed> {
+    fn arguments(&mut self, close: Option<char>) -> Result<Vec<Arg<'t>>, Failed> {
         let mut args = Vec::new();
         if let Some(c) = close
             && self.is_punct(c)
@@ -476,14 +477,14 @@ impl<'t, 'a> Parser<'t, 'a, '_> {
         }
     }
 
-    fn expr(&mut self) -> Result<Expr<'a>, Failed> {
+    fn expr(&mut self) -> Result<Expr<'t>, Failed> {
         let token = self.peek();
         let pos = token.pos;
         let start = token.start;
         let kind = match &token.tok {
             Tok::Str(lit) => {
                 self.bump();
-                ExprKind::Str(lit.clone())
+                ExprKind::Str(lit)
             }
             Tok::Number(n) => {
                 self.bump();
@@ -547,7 +548,7 @@ impl<'t, 'a> Parser<'t, 'a, '_> {
         }
     }
 
-    fn list_items(&mut self) -> Result<Vec<Expr<'a>>, Failed> {
+    fn list_items(&mut self) -> Result<Vec<Expr<'t>>, Failed> {
         let mut items = Vec::new();
         if self.is_punct(']') {
             self.bump();

@@ -110,19 +110,37 @@ struct Validator<'s, 'd> {
     stage_names: HashMap<String, Pos>,
 }
 
-/// Tracks the sections of one block, reporting duplicates.
-#[derive(Default)]
-struct Seen {
-    first: Vec<(String, Pos)>,
+/// The block a statement is in, for messages.
+#[derive(Clone, Copy)]
+enum Ctx<'x> {
+    /// A section or directive by name.
+    Section(&'x str),
+    /// A stage by name.
+    Stage(&'x str),
 }
 
-impl Seen {
+impl std::fmt::Display for Ctx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ctx::Section(name) => write!(f, "`{name}`"),
+            Ctx::Stage(name) => write!(f, "stage `{name}`"),
+        }
+    }
+}
+
+/// Tracks the sections of one block, reporting duplicates.
+#[derive(Default)]
+struct Seen<'n> {
+    first: Vec<(&'n str, Pos)>,
+}
+
+impl<'n> Seen<'n> {
     /// The position of the earlier occurrence, if any; records this one otherwise.
-    fn check(&mut self, name: &str, pos: Pos) -> Option<Pos> {
-        if let Some((_, first)) = self.first.iter().find(|(n, _)| n == name) {
+    fn check(&mut self, name: &'n str, pos: Pos) -> Option<Pos> {
+        if let Some((_, first)) = self.first.iter().find(|(n, _)| *n == name) {
             return Some(*first);
         }
-        self.first.push((name.to_string(), pos));
+        self.first.push((name, pos));
         None
     }
 }
@@ -177,7 +195,7 @@ impl<'s> Validator<'s, '_> {
     }
 
     /// The calls of a block; assignments are reported with `context`.
-    fn calls<'c>(&mut self, block: &'c Block<'c>, context: &str) -> Vec<&'c Call<'c>> {
+    fn calls<'c>(&mut self, block: &'c Block<'c>, context: Ctx<'_>) -> Vec<&'c Call<'c>> {
         let mut calls = Vec::new();
         for stmt in &block.stmts {
             match &stmt.kind {
@@ -202,7 +220,7 @@ impl<'s> Validator<'s, '_> {
         let mut post = Vec::new();
         let mut has_agent = false;
         let mut failed = false;
-        for section in self.calls(block, "`pipeline`") {
+        for section in self.calls(block, Ctx::Section("pipeline")) {
             let name = section.name;
             if matches!(
                 name,
@@ -237,7 +255,7 @@ impl<'s> Validator<'s, '_> {
                 "missing required section `agent` in `pipeline`: expected `agent any`, `agent none` or `agent { ... }`",
             );
         }
-        if stages.is_none() && !seen.first.iter().any(|(n, _)| n == "stages") {
+        if stages.is_none() && !seen.first.iter().any(|(n, _)| *n == "stages") {
             self.error(
                 call.pos,
                 "missing required section `stages` in `pipeline`: expected `stages { stage('name') { ... } }`",
@@ -335,7 +353,7 @@ impl<'s> Validator<'s, '_> {
             );
             return None;
         }
-        let calls = self.calls(block, "`agent`");
+        let calls = self.calls(block, Ctx::Section("agent"));
         let inner = match calls.as_slice() {
             [] => {
                 if !block.had_error() {
@@ -421,7 +439,7 @@ impl<'s> Validator<'s, '_> {
         let mut expr = None;
         let mut custom_workspace = None;
         let mut ok = true;
-        for inner in self.calls(block, &format!("`{what}`")) {
+        for inner in self.calls(block, Ctx::Section(what)) {
             if let Some(first) = seen.check(inner.name, inner.pos) {
                 self.error(
                     inner.pos,
@@ -476,7 +494,7 @@ impl<'s> Validator<'s, '_> {
             }
             let mut seen = Seen::default();
             let mut ok = true;
-            for inner in self.calls(block, "`docker`") {
+            for inner in self.calls(block, Ctx::Section("docker")) {
                 if let Some(first) = seen.check(inner.name, inner.pos) {
                     self.error(
                         inner.pos,
@@ -531,7 +549,7 @@ impl<'s> Validator<'s, '_> {
         let mut yaml = None;
         let mut inherit_from = None;
         let mut ok = true;
-        for inner in self.calls(block, "`kubernetes`") {
+        for inner in self.calls(block, Ctx::Section("kubernetes")) {
             if let Some(first) = seen.check(inner.name, inner.pos) {
                 self.error(
                     inner.pos,
@@ -915,7 +933,7 @@ impl<'s> Validator<'s, '_> {
             return options;
         };
         let mut seen = Seen::default();
-        for option in self.calls(block, "`options`") {
+        for option in self.calls(block, Ctx::Section("options")) {
             let name = option.name;
             if let Some(first) = seen.check(name, option.pos) {
                 self.error(
@@ -1000,7 +1018,7 @@ impl<'s> Validator<'s, '_> {
         let mut stages = Vec::new();
         let mut ok = !block.had_error();
         let mut count = 0usize;
-        for inner in self.calls(block, &format!("`{what}`")) {
+        for inner in self.calls(block, Ctx::Section(what)) {
             count += 1;
             if inner.name == "stage" {
                 match self.stage(inner, context) {
@@ -1088,7 +1106,7 @@ impl<'s> Validator<'s, '_> {
         let mut post = Vec::new();
         let mut fail_fast: Option<(bool, Pos)> = None;
         let mut body: Option<(&str, Pos, Option<StageBody>)> = None;
-        for section in self.calls(block, &format!("stage `{shown}`")) {
+        for section in self.calls(block, Ctx::Stage(&shown)) {
             let section_name = section.name;
             let known = matches!(
                 section_name,
@@ -1233,7 +1251,7 @@ impl<'s> Validator<'s, '_> {
         let mut before_agent = None;
         let mut ok = !block.had_error();
         let mut count = 0usize;
-        for inner in self.calls(block, "`when`") {
+        for inner in self.calls(block, Ctx::Section("when")) {
             if inner.name == "beforeAgent" {
                 if before_agent.is_some() {
                     self.error(inner.pos, "duplicate `beforeAgent` in `when`");
@@ -1321,7 +1339,7 @@ impl<'s> Validator<'s, '_> {
                 let block = self.section_block(call, what)?;
                 let mut children = Vec::new();
                 let mut ok = !block.had_error();
-                for inner in self.calls(block, &format!("`{what}`")) {
+                for inner in self.calls(block, Ctx::Section(what)) {
                     match self.condition(inner) {
                         Some(c) => children.push(c),
                         None => ok = false,
@@ -1380,7 +1398,7 @@ impl<'s> Validator<'s, '_> {
         let mut blocks: Vec<PostBlock> = Vec::new();
         let mut seen = Seen::default();
         let mut count = 0usize;
-        for inner in self.calls(block, "`post`") {
+        for inner in self.calls(block, Ctx::Section("post")) {
             count += 1;
             let Some(condition) = PostCondition::parse(inner.name) else {
                 let names: Vec<&str> = PostCondition::ALL.iter().map(|(n, _)| *n).collect();
