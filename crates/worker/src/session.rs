@@ -490,11 +490,16 @@ impl Worker {
                 )];
             }
         };
+        let mut env = HashMap::from([
+            ("JOB_NAME".to_owned(), assign.job_name.clone()),
+            ("BUILD_NUMBER".to_owned(), assign.build_number.to_string()),
+        ]);
+        env.extend(assign.environment);
         let mut segment = Segment {
             job_id: assign.job_id,
             segment_id: assign.segment_id.clone(),
             workspace: dir.clone(),
-            env: assign.environment,
+            env,
             download: None,
             ready: false,
             ending: false,

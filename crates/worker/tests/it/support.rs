@@ -91,7 +91,7 @@ impl Conn {
             job_name: "demo".into(),
             build_number: 7,
             segment_id: segment_id.into(),
-            environment: [("BUILD_NUMBER".to_owned(), "7".to_owned())].into(),
+            environment: [("FROM_ASSIGN".to_owned(), "a".to_owned())].into(),
             source_size: 0,
             skip_checkout: false,
         }))

@@ -186,7 +186,7 @@ fn environment_dir_and_write_file() {
             step_id: "e".into(),
             segment_id: "seg".into(),
             action: Some(run_step::Action::Sh(ShAction {
-                script: "echo \"$BUILD_NUMBER $FOO $WORKER_NAME\"; pwd; cat out/note.txt; \
+                script: "echo \"$JOB_NAME $BUILD_NUMBER $FROM_ASSIGN $FOO $WORKER_NAME\"; pwd; cat out/note.txt; \
                          [ \"$WORKSPACE\" = \"$(cd .. && pwd)\" ] && echo ws-ok"
                     .into(),
             })),
@@ -200,7 +200,10 @@ fn environment_dir_and_write_file() {
         let sub = ws.join("sub").canonicalize().unwrap();
         assert_eq!(
             output,
-            format!("7 bar baz w-env-name\n{}\nwritten\nws-ok\n", sub.display())
+            format!(
+                "demo 7 a bar baz w-env-name\n{}\nwritten\nws-ok\n",
+                sub.display()
+            )
         );
 
         fn bad(step_id: &str, dir: &str, path: &str) -> RunStep {
