@@ -4,8 +4,14 @@
 //! It names no adapter: nothing here knows whether a worker is a process, a
 //! container or a pod, nor where jobs and templates are stored.
 
+pub mod clock;
+pub mod events;
+pub mod id_generator;
+pub mod jobs;
+pub mod manager;
 pub mod orchestrator;
 pub mod provider;
 pub mod runner;
 pub mod templates;
 pub mod worker_link;
+pub mod workers;

@@ -1,0 +1,87 @@
+//! The [`JobRepository`] port: where jobs and their logs are kept.
+
+use async_trait::async_trait;
+use hodei_domain::{Job, JobId, JobStatusKind, Timestamp};
+
+use crate::worker_link::LogStream;
+
+/// Why a job repository operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobRepositoryError {
+    /// No job has this id.
+    #[error("no job with id \"{0}\"")]
+    NotFound(JobId),
+    /// The store behind the repository failed.
+    #[error("job store failed: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Which jobs [`JobRepository::list`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only jobs in this status.
+    pub status: Option<JobStatusKind>,
+    /// Only jobs with this name.
+    pub name: Option<String>,
+    /// At most this many jobs (newest first); `None` for all.
+    pub limit: Option<usize>,
+}
+
+/// A piece of a job's log as produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogChunk {
+    /// When it was received.
+    pub at: Timestamp,
+    /// The step that produced it; `None` for the server's own lines
+    /// (stage headers, provisioning messages).
+    pub step_id: Option<String>,
+    /// Which stream it came from.
+    pub stream: LogStream,
+    /// The bytes, as produced (not necessarily whole lines).
+    pub data: Vec<u8>,
+}
+
+/// A stored [`LogChunk`] with its position in the job's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Position in the job's log, from 0, without gaps.
+    pub seq: u64,
+    /// The chunk.
+    pub chunk: LogChunk,
+}
+
+/// Stores jobs and their logs. Used as `Arc<dyn JobRepository>`.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait JobRepository: Send + Sync {
+    /// Adds `job`, or replaces the job with the same id.
+    async fn save(&self, job: Job) -> Result<(), JobRepositoryError>;
+
+    /// The job with this id, if any.
+    async fn find_by_id(&self, id: &JobId) -> Result<Option<Job>, JobRepositoryError>;
+
+    /// Jobs matching `filter`, newest (latest `created_at`) first.
+    async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, JobRepositoryError>;
+
+    /// The next build number for jobs named `name`: 1 for the first, then
+    /// one more than the last handed out.
+    async fn next_build_number(&self, name: &str) -> Result<u64, JobRepositoryError>;
+
+    /// Appends `chunk` to the job's log and returns its sequence number.
+    ///
+    /// # Errors
+    /// [`JobRepositoryError::NotFound`] if the job is unknown.
+    async fn append_log(&self, job: &JobId, chunk: LogChunk) -> Result<u64, JobRepositoryError>;
+
+    /// Up to `limit` log entries of the job starting at sequence number
+    /// `from`, in order.
+    ///
+    /// # Errors
+    /// [`JobRepositoryError::NotFound`] if the job is unknown.
+    async fn read_logs(
+        &self,
+        job: &JobId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, JobRepositoryError>;
+}
