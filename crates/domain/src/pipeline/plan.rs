@@ -59,7 +59,8 @@ pub struct PlanStage {
     pub pos: Pos,
     /// The worker current while the stage runs: its own segment when it has
     /// an agent, else the enclosing one; `None` when no worker applies
-    /// (only possible for stages without steps).
+    /// (under `agent none`: then the stage groups other stages, or its steps
+    /// need no worker: only `echo`, `error` and `sleep`).
     pub segment: Option<SegmentId>,
     /// Whether the stage creates `segment` (it has its own agent).
     pub own_agent: bool,

@@ -32,6 +32,12 @@ const UNSUPPORTED_SECTIONS: &[&str] = &[
     "input",
     "matrix",
 ];
+/// Jenkins options with an effect that Hodei does not implement.
+const UNSUPPORTED_OPTIONS: &[&str] = &[
+    "skipStagesAfterUnstable",
+    "checkoutToSubdirectory",
+    "preserveStashes",
+];
 /// Jenkins options accepted with a warning because they mean nothing here.
 const IGNORED_OPTIONS: &[&str] = &[
     "buildDiscarder",
@@ -40,7 +46,6 @@ const IGNORED_OPTIONS: &[&str] = &[
     "disableConcurrentBuilds",
     "disableResume",
     "durabilityHint",
-    "preserveStashes",
     "ansiColor",
     "overrideIndexTriggers",
     "rateLimitBuilds",
@@ -976,6 +981,10 @@ impl<'s> Validator<'s, '_> {
                     format!("option `{name}` has no effect in Hodei and is ignored"),
                 ),
                 "script" => self.misplaced(option, "`options`", OPTIONS),
+                _ if UNSUPPORTED_OPTIONS.contains(&name) => self.error(
+                    option.pos,
+                    format!("unsupported option `{name}`: Hodei does not implement it"),
+                ),
                 _ => self.error(
                     option.pos,
                     format!("unknown option `{name}`: expected {OPTIONS}"),

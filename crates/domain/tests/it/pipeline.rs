@@ -757,6 +757,14 @@ fn validation_errors_with_positions() {
             in_pipeline("  options { colorize() }"),
             vec!["3:13: unknown option `colorize`: expected timeout, retry, skipDefaultCheckout or parallelsAlwaysFailFast"],
         ),
+        (
+            in_pipeline("  options { skipStagesAfterUnstable() }"),
+            vec!["3:13: unsupported option `skipStagesAfterUnstable`: Hodei does not implement it"],
+        ),
+        (
+            with_agent("  agent { template 'Not An Id!' }"),
+            vec!["2:20: invalid template id: template id \"Not An Id!\" contains ' ' at column 4, expected only letters, digits, '-', '_' or '.'"],
+        ),
         // Required parameters.
         (
             in_steps("writeFile file: 'a.txt'"),
