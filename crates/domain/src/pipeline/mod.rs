@@ -29,6 +29,7 @@ mod model;
 mod plan;
 mod syntax;
 mod validate;
+mod when;
 
 use std::fmt;
 
@@ -38,6 +39,7 @@ pub use model::{
     Step, StepKind, TimeUnit, When,
 };
 pub use plan::{Plan, PlanBody, PlanStage, Segment, SegmentId, SegmentOwner, plan};
+pub use when::{WhenContext, glob_matches};
 
 /// A position in a file: 1-based line and 1-based column in characters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
