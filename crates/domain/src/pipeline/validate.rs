@@ -32,6 +32,17 @@ const UNSUPPORTED_SECTIONS: &[&str] = &[
     "input",
     "matrix",
 ];
+/// Jenkins step parameters that Hodei does not implement, with the reason.
+const UNSUPPORTED_PARAMS: &[(&str, &str, &str)] = &[
+    ("sh", "returnStdout", "using a step's output needs Groovy"),
+    ("sh", "encoding", "output is read as UTF-8"),
+    (
+        "timeout",
+        "activity",
+        "only a fixed time limit is supported",
+    ),
+    ("writeFile", "encoding", "files are written as UTF-8"),
+];
 /// Jenkins options with an effect that Hodei does not implement.
 const UNSUPPORTED_OPTIONS: &[&str] = &[
     "skipStagesAfterUnstable",
@@ -809,8 +820,11 @@ impl<'s> Validator<'s, '_> {
                 continue;
             };
             let Some(known) = allowed.iter().find(|a| *a == param) else {
-                let message = if name == "sh" && *param == "returnStdout" {
-                    "unsupported parameter `returnStdout` for `sh`: using a step's output needs Groovy".to_string()
+                let unsupported = UNSUPPORTED_PARAMS
+                    .iter()
+                    .find(|(step, p, _)| *step == name && p == param);
+                let message = if let Some((_, _, why)) = unsupported {
+                    format!("unsupported parameter `{param}` for `{name}`: {why}")
                 } else if allowed.is_empty() {
                     format!("unknown parameter `{param}` for `{name}`: it takes none")
                 } else {
@@ -1679,6 +1693,16 @@ impl<'s> Validator<'s, '_> {
                 ok = false;
                 continue;
             };
+            if let Some((base, _)) = name.split_once('+')
+                && lexer::is_identifier(base)
+            {
+                self.error(
+                    item.pos,
+                    format!("unsupported `{name}=...` in `withEnv`: to prepend to `{base}`, write \"{base}=...:${{{base}}}\""),
+                );
+                ok = false;
+                continue;
+            }
             if !lexer::is_identifier(&name) {
                 self.error(
                     item.pos,

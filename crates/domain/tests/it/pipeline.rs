@@ -801,6 +801,14 @@ fn validation_errors_with_positions() {
             vec!["6:10: environment variable name `1A` is not an identifier: expected letters, digits and `_`, not starting with a digit"],
         ),
         (
+            in_steps("withEnv(['PATH+MAVEN=/opt/maven/bin']) { sh 'x' }"),
+            vec!["6:10: unsupported `PATH+MAVEN=...` in `withEnv`: to prepend to `PATH`, write \"PATH=...:${PATH}\""],
+        ),
+        (
+            in_steps("timeout(time: 5, activity: true) { sh 'x' }"),
+            vec!["6:18: unsupported parameter `activity` for `timeout`: only a fixed time limit is supported"],
+        ),
+        (
             in_steps("withEnv(['A']) { sh 'x' }"),
             vec!["6:10: `withEnv` entry `A` must be 'NAME=value'"],
         ),
