@@ -29,6 +29,9 @@ mod env;
 mod exec;
 mod when;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::fmt;
