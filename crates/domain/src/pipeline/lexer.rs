@@ -95,7 +95,11 @@ pub(crate) fn tokenize<'a>(source: &'a str, diagnostics: &mut Vec<Diagnostic>) -
     let mut lexer = Lexer::new(source, 0, Pos { line: 1, column: 1 });
     let mut tokens = Vec::with_capacity(source.len() / 8);
     let mut newline_before = true;
-    if source.starts_with("#!") {
+    // A byte order mark is not part of the text.
+    if source.starts_with('\u{feff}') {
+        lexer.offset = '\u{feff}'.len_utf8();
+    }
+    if lexer.rest().starts_with("#!") {
         lexer.skip_line();
     }
     loop {

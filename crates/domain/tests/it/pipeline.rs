@@ -924,6 +924,18 @@ fn diagnostics_print_with_the_file_name() {
 }
 
 #[test]
+fn byte_order_mark_and_crlf_line_ends() {
+    let source = format!("\u{feff}{}", in_steps("sh 'a'").replace('\n', "\r\n"));
+    let pipeline = lint(&source).expect("valid");
+    assert_eq!((pipeline.pos.line, pipeline.pos.column), (1, 1));
+    let StageBody::Steps(steps) = &pipeline.stages[0].body else {
+        panic!("steps");
+    };
+    assert_eq!(steps[0].kind, sh("a"));
+    assert_eq!((steps[0].pos.line, steps[0].pos.column), (6, 1));
+}
+
+#[test]
 fn positions_of_nodes() {
     let pipeline = lint(&in_steps("  echo 'a'\n    sh(\"b\")")).expect("valid");
     let StageBody::Steps(steps) = &pipeline.stages[0].body else {
