@@ -1,0 +1,437 @@
+//! The server's settings: one TOML file, every key overridable by an
+//! environment variable `HODEI_<KEY>` (upper case), loaded once at start.
+//!
+//! ```toml
+//! grpc_addr = "127.0.0.1:9090"      # HODEI_GRPC_ADDR
+//! http_addr = "127.0.0.1:9091"      # HODEI_HTTP_ADDR (/healthz, /readyz, /metrics)
+//! data_dir = "/var/lib/hodei"       # HODEI_DATA_DIR
+//! backend = "local"                 # HODEI_BACKEND: local | docker | kubernetes
+//! templates = "templates.yaml"      # HODEI_TEMPLATES
+//! max_workers = 32                  # HODEI_MAX_WORKERS
+//! provisioning_timeout = "60s"      # HODEI_PROVISIONING_TIMEOUT
+//! ```
+//!
+//! A bad value is an error naming the key (and, for the file, its line).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use hodei_domain::MemoryQuantity;
+use serde::Deserialize;
+
+/// Where workers are created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Child processes of the server (the embedded default).
+    Local,
+    /// Docker containers.
+    Docker,
+    /// Kubernetes pods.
+    Kubernetes,
+}
+
+impl FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "local" => Ok(Backend::Local),
+            "docker" => Ok(Backend::Docker),
+            "kubernetes" => Ok(Backend::Kubernetes),
+            _ => Err("expected one of local, docker, kubernetes".to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Local => "local",
+            Backend::Docker => "docker",
+            Backend::Kubernetes => "kubernetes",
+        })
+    }
+}
+
+/// Why the settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid (unknown key, wrong type, bad value).
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, naming the key and line.
+        message: String,
+    },
+    /// An environment override has a bad value.
+    #[error("{var}: invalid value {value:?}: {expected}")]
+    Env {
+        /// The variable, e.g. `HODEI_MAX_WORKERS`.
+        var: String,
+        /// Its value.
+        value: String,
+        /// What was expected.
+        expected: String,
+    },
+}
+
+/// The server's settings. Every field has a default, so an empty file (or
+/// none) is a working local setup.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// gRPC listen address (clients and workers).
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address for `/healthz`, `/readyz` and `/metrics`.
+    pub http_addr: SocketAddr,
+    /// Host name or address workers dial to reach the server; defaults to
+    /// the gRPC listen address's IP (or 127.0.0.1 when it listens on all).
+    pub advertise_host: Option<String>,
+    /// Where the server keeps its state.
+    pub data_dir: PathBuf,
+    /// Where workers are created.
+    pub backend: Backend,
+    /// A YAML file of worker templates (`templates:` list).
+    pub templates: Option<PathBuf>,
+    /// This server's id, put on every backend object it creates so a
+    /// restarted server finds its orphans; defaults to one derived from the
+    /// data dir.
+    pub server_id: Option<String>,
+    /// Most ephemeral workers alive at once; more jobs wait.
+    pub max_workers: u32,
+    /// How long a new worker may take to connect.
+    #[serde(with = "duration_str")]
+    pub provisioning_timeout: Duration,
+    /// How often workers send heartbeats.
+    #[serde(with = "duration_str")]
+    pub heartbeat_interval: Duration,
+    /// A worker silent this long is lost.
+    #[serde(with = "duration_str")]
+    pub worker_lost_after: Duration,
+    /// Largest workspace source archive accepted with a job (a quantity such
+    /// as `64Mi`).
+    #[serde(with = "quantity_str")]
+    pub max_source_bytes: u64,
+    /// The `hodei-worker` binary the local backend starts; defaults to the
+    /// one next to `hodei`, else `hodei-worker` on `PATH`.
+    pub worker_binary: Option<PathBuf>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            advertise_host: None,
+            data_dir: default_data_dir(),
+            backend: Backend::Local,
+            templates: None,
+            server_id: None,
+            max_workers: 32,
+            provisioning_timeout: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_secs(5),
+            worker_lost_after: Duration::from_secs(30),
+            max_source_bytes: 64 * 1024 * 1024,
+            worker_binary: None,
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("hodei");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/hodei"),
+        None => PathBuf::from(".hodei"),
+    }
+}
+
+impl Settings {
+    /// Reads `file` (when given), then applies `HODEI_*` overrides from the
+    /// process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut settings = match file {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        settings.apply_env(|var| std::env::var(var).ok())?;
+        Ok(settings)
+    }
+
+    /// Parses a TOML settings file.
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Settings::from_toml(&text).map_err(|message| ConfigError::File {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses settings from TOML text; the error names the key and line.
+    pub fn from_toml(text: &str) -> Result<Settings, String> {
+        toml::from_str(text).map_err(|e| {
+            let message = e.message().trim_end().to_owned();
+            match e.span().map(|span| line_of(text, span.start)) {
+                Some(line) => format!("line {line}: {message}"),
+                None => message,
+            }
+        })
+    }
+
+    /// Applies `HODEI_<KEY>` overrides found by `lookup`.
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        fn get<T>(
+            lookup: &impl Fn(&str) -> Option<String>,
+            var: &str,
+            parse: impl Fn(&str) -> Result<T, String>,
+        ) -> Result<Option<T>, ConfigError> {
+            let Some(value) = lookup(var) else {
+                return Ok(None);
+            };
+            parse(value.trim())
+                .map(Some)
+                .map_err(|expected| ConfigError::Env {
+                    var: var.to_owned(),
+                    value,
+                    expected,
+                })
+        }
+        let addr = |s: &str| {
+            s.parse::<SocketAddr>()
+                .map_err(|_| "expected an address such as 127.0.0.1:9090".to_owned())
+        };
+        let path = |s: &str| {
+            if s.is_empty() {
+                Err("expected a path".to_owned())
+            } else {
+                Ok(PathBuf::from(s))
+            }
+        };
+        let text = |s: &str| {
+            if s.is_empty() {
+                Err("expected a non-empty value".to_owned())
+            } else {
+                Ok(s.to_owned())
+            }
+        };
+        let count = |s: &str| match s.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err("expected a positive integer".to_owned()),
+        };
+
+        if let Some(v) = get(&lookup, "HODEI_GRPC_ADDR", addr)? {
+            self.grpc_addr = v;
+        }
+        if let Some(v) = get(&lookup, "HODEI_HTTP_ADDR", addr)? {
+            self.http_addr = v;
+        }
+        if let Some(v) = get(&lookup, "HODEI_ADVERTISE_HOST", text)? {
+            self.advertise_host = Some(v);
+        }
+        if let Some(v) = get(&lookup, "HODEI_DATA_DIR", path)? {
+            self.data_dir = v;
+        }
+        if let Some(v) = get(&lookup, "HODEI_BACKEND", Backend::from_str)? {
+            self.backend = v;
+        }
+        if let Some(v) = get(&lookup, "HODEI_TEMPLATES", path)? {
+            self.templates = Some(v);
+        }
+        if let Some(v) = get(&lookup, "HODEI_SERVER_ID", text)? {
+            self.server_id = Some(v);
+        }
+        if let Some(v) = get(&lookup, "HODEI_MAX_WORKERS", count)? {
+            self.max_workers = v;
+        }
+        if let Some(v) = get(&lookup, "HODEI_PROVISIONING_TIMEOUT", duration_str::parse)? {
+            self.provisioning_timeout = v;
+        }
+        if let Some(v) = get(&lookup, "HODEI_HEARTBEAT_INTERVAL", duration_str::parse)? {
+            self.heartbeat_interval = v;
+        }
+        if let Some(v) = get(&lookup, "HODEI_WORKER_LOST_AFTER", duration_str::parse)? {
+            self.worker_lost_after = v;
+        }
+        if let Some(v) = get(&lookup, "HODEI_MAX_SOURCE_BYTES", quantity_str::parse)? {
+            self.max_source_bytes = v;
+        }
+        if let Some(v) = get(&lookup, "HODEI_WORKER_BINARY", path)? {
+            self.worker_binary = Some(v);
+        }
+        Ok(())
+    }
+
+    /// The host workers dial.
+    pub fn worker_facing_host(&self) -> String {
+        match &self.advertise_host {
+            Some(host) => host.clone(),
+            None if self.grpc_addr.ip().is_unspecified() => "127.0.0.1".to_owned(),
+            None => self.grpc_addr.ip().to_string(),
+        }
+    }
+}
+
+fn line_of(text: &str, byte: usize) -> usize {
+    text.as_bytes()
+        .iter()
+        .take(byte)
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Durations written as `30s`, `5m`, `1h 30m`.
+mod duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        match humantime::parse_duration(s) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err("expected a duration above zero".to_owned()),
+            Err(_) => Err("expected a duration such as 30s, 5m or 1h".to_owned()),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(|e| serde::de::Error::custom(format!("invalid value {s:?}: {e}")))
+    }
+}
+
+/// Byte sizes written as Kubernetes quantities: `64Mi`, `1G`, `1048576`.
+mod quantity_str {
+    use serde::{Deserialize, Deserializer};
+
+    use super::MemoryQuantity;
+
+    pub fn parse(s: &str) -> Result<u64, String> {
+        match MemoryQuantity::parse(s) {
+            Ok(q) if q.bytes() > 0 => Ok(q.bytes()),
+            _ => Err("expected a size above zero such as 64Mi or 1G".to_owned()),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(|e| serde::de::Error::custom(format!("invalid value {s:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn empty_file_gives_the_local_defaults() {
+        let s = Settings::from_toml("").unwrap();
+        assert_eq!(s.backend, Backend::Local);
+        assert_eq!(s.grpc_addr, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(s.provisioning_timeout, Duration::from_secs(60));
+        assert_eq!(s.max_source_bytes, 64 * 1024 * 1024);
+    }
+
+    #[test]
+    fn file_values_are_read() {
+        let s = Settings::from_toml(
+            "backend = \"docker\"\nmax_workers = 4\nprovisioning_timeout = \"2m\"\nmax_source_bytes = \"1Gi\"\ntemplates = \"t.yaml\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.backend, Backend::Docker);
+        assert_eq!(s.max_workers, 4);
+        assert_eq!(s.provisioning_timeout, Duration::from_secs(120));
+        assert_eq!(s.max_source_bytes, 1 << 30);
+        assert_eq!(s.templates.as_deref(), Some(Path::new("t.yaml")));
+    }
+
+    #[test]
+    fn file_errors_name_the_key_and_line() {
+        let check = |text: &str, expected: &str| {
+            let err = Settings::from_toml(text).unwrap_err();
+            assert!(
+                err.contains(expected),
+                "{err:?} should contain {expected:?}"
+            );
+        };
+        check("max_workers = 1\nbackend = \"podman\"\n", "line 2");
+        check("backend = \"podman\"\n", "unknown variant `podman`");
+        check("bakend = \"local\"\n", "unknown field `bakend`");
+        check(
+            "provisioning_timeout = \"soon\"\n",
+            "invalid value \"soon\"",
+        );
+        check("max_source_bytes = \"-1\"\n", "invalid value \"-1\"");
+        check("grpc_addr = \"nowhere\"\n", "line 1");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut s = Settings::from_toml("backend = \"docker\"\nmax_workers = 4\n").unwrap();
+        s.apply_env(env(&[
+            ("HODEI_BACKEND", "local"),
+            ("HODEI_MAX_WORKERS", "8"),
+            ("HODEI_GRPC_ADDR", "0.0.0.0:7000"),
+            ("HODEI_DATA_DIR", "/tmp/h"),
+            ("HODEI_TEMPLATES", "/etc/hodei/t.yaml"),
+        ]))
+        .unwrap();
+        assert_eq!(s.backend, Backend::Local);
+        assert_eq!(s.max_workers, 8);
+        assert_eq!(s.grpc_addr.port(), 7000);
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/h"));
+        assert_eq!(s.worker_facing_host(), "127.0.0.1");
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable() {
+        let check = |var: &str, value: &str, expected: &str| {
+            let err = Settings::default()
+                .apply_env(env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(var), "{err}");
+            assert!(err.contains(expected), "{err} should contain {expected}");
+        };
+        check(
+            "HODEI_BACKEND",
+            "podman",
+            "expected one of local, docker, kubernetes",
+        );
+        check("HODEI_MAX_WORKERS", "0", "expected a positive integer");
+        check("HODEI_GRPC_ADDR", "localhost", "expected an address");
+        check("HODEI_PROVISIONING_TIMEOUT", "0s", "above zero");
+        check("HODEI_MAX_SOURCE_BYTES", "lots", "expected a size");
+        check("HODEI_DATA_DIR", "", "expected a path");
+    }
+}
