@@ -963,3 +963,1020 @@ impl Drop for ProvisionGuard {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use hodei_domain::pipeline::{Agent, Pos, Segment, SegmentId, SegmentOwner};
+    use hodei_domain::{CpuQuantity, MemoryQuantity, ResourceRequirements, Timestamp};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::events::MockEventPublisher;
+    use crate::id_generator::MockIdGenerator;
+    use crate::orchestrator::{BackendState, MockWorkerOrchestrator, OneTimeToken, WorkerHandle};
+    use crate::templates::TemplateRepositoryError;
+    use crate::worker_link::{LogSink, StepOutcome, StepRequest};
+    use crate::workers::MockWorkerRepository;
+
+    /// Every call the manager made on its ports, in order, as text.
+    type Log = Arc<Mutex<Vec<String>>>;
+    type Records = Arc<Mutex<BTreeMap<WorkerId, Worker>>>;
+
+    fn note(log: &Log, line: String) {
+        lock(log).push(line);
+    }
+
+    /// Time from tokio, so tests run with paused time.
+    struct TokioClock(tokio::time::Instant);
+
+    #[async_trait]
+    impl Clock for TokioClock {
+        fn now(&self) -> Timestamp {
+            Timestamp(self.0.elapsed().as_millis() as u64)
+        }
+
+        async fn sleep(&self, duration: Duration) {
+            tokio::time::sleep(duration).await;
+        }
+    }
+
+    struct Templates(Vec<WorkerTemplate>);
+
+    #[async_trait]
+    impl WorkerTemplateRepository for Templates {
+        async fn find_by_id(
+            &self,
+            id: &TemplateId,
+        ) -> Result<Option<WorkerTemplate>, TemplateRepositoryError> {
+            Ok(self.0.iter().find(|t| t.id() == id).cloned())
+        }
+
+        async fn find_by_capabilities(
+            &self,
+            capabilities: &BTreeSet<String>,
+        ) -> Result<Vec<WorkerTemplate>, TemplateRepositoryError> {
+            Ok(self
+                .0
+                .iter()
+                .filter(|t| capabilities.is_subset(t.capabilities()))
+                .cloned()
+                .collect())
+        }
+
+        async fn find_all(&self) -> Result<Vec<WorkerTemplate>, TemplateRepositoryError> {
+            Ok(self.0.clone())
+        }
+
+        async fn save(
+            &self,
+            template: WorkerTemplate,
+        ) -> Result<WorkerTemplate, TemplateRepositoryError> {
+            Ok(template)
+        }
+
+        async fn delete(&self, id: &TemplateId) -> Result<(), TemplateRepositoryError> {
+            Err(TemplateRepositoryError::NotFound(id.clone()))
+        }
+    }
+
+    #[derive(Debug)]
+    struct FakeLink {
+        id: WorkerId,
+        log: Log,
+        fail_assign: bool,
+    }
+
+    #[async_trait]
+    impl WorkerLink for FakeLink {
+        fn worker_id(&self) -> &WorkerId {
+            &self.id
+        }
+
+        async fn assign(&self, assignment: Assignment) -> Result<(), LinkError> {
+            note(
+                &self.log,
+                format!(
+                    "assign {} {} #{} segment {}",
+                    self.id, assignment.job_id, assignment.build_number, assignment.segment_id
+                ),
+            );
+            if self.fail_assign {
+                return Err(LinkError::Lost {
+                    worker: self.id.clone(),
+                    reason: "stream closed".into(),
+                });
+            }
+            Ok(())
+        }
+
+        async fn run_step(
+            &self,
+            _request: StepRequest,
+            _sink: Arc<dyn LogSink>,
+        ) -> Result<StepOutcome, LinkError> {
+            Ok(StepOutcome::Success)
+        }
+
+        async fn cancel_step(&self, _step_id: &str, _reason: &str) -> Result<(), LinkError> {
+            Ok(())
+        }
+
+        async fn shutdown(&self, reason: &str) -> Result<(), LinkError> {
+            note(&self.log, format!("shutdown {}: {reason}", self.id));
+            Ok(())
+        }
+    }
+
+    /// How workers connect.
+    #[derive(Debug, Clone)]
+    enum Connect {
+        Now,
+        /// Connects, but the segment cannot be assigned.
+        BrokenStream,
+        Never,
+        Refused(LinkError),
+    }
+
+    struct FakeGateway {
+        connect: Connect,
+        log: Log,
+    }
+
+    #[async_trait]
+    impl WorkerGateway for FakeGateway {
+        async fn wait_connected(
+            &self,
+            worker: &WorkerId,
+            _deadline: Duration,
+        ) -> Result<Arc<dyn WorkerLink>, LinkError> {
+            let link = |fail_assign| -> Arc<dyn WorkerLink> {
+                Arc::new(FakeLink {
+                    id: worker.clone(),
+                    log: self.log.clone(),
+                    fail_assign,
+                })
+            };
+            match &self.connect {
+                Connect::Now => Ok(link(false)),
+                Connect::BrokenStream => Ok(link(true)),
+                Connect::Never => std::future::pending().await,
+                Connect::Refused(e) => Err(e.clone()),
+            }
+        }
+    }
+
+    struct Scenario {
+        templates: Vec<WorkerTemplate>,
+        idle_static: Vec<Worker>,
+        create: fn(&WorkerSpec) -> Result<WorkerHandle, OrchestratorError>,
+        state: BackendState,
+        delete: fn() -> Result<(), OrchestratorError>,
+        connect: Connect,
+        max_workers: usize,
+    }
+
+    impl Default for Scenario {
+        fn default() -> Self {
+            Scenario {
+                templates: WorkerTemplate::builtins(),
+                idle_static: Vec::new(),
+                create: |spec| {
+                    Ok(WorkerHandle {
+                        worker_id: spec.worker_id.clone(),
+                        backend_id: format!("pid-{}", spec.worker_id),
+                    })
+                },
+                state: BackendState::Running,
+                delete: || Ok(()),
+                connect: Connect::Now,
+                max_workers: 64,
+            }
+        }
+    }
+
+    struct Harness {
+        manager: EphemeralWorkerManager,
+        log: Log,
+        records: Records,
+        events: mpsc::UnboundedReceiver<DomainEvent>,
+    }
+
+    fn harness(s: Scenario) -> Harness {
+        let log: Log = Arc::default();
+        let records: Records = Arc::new(Mutex::new(
+            s.idle_static
+                .into_iter()
+                .map(|w| (w.id().clone(), w))
+                .collect(),
+        ));
+
+        let mut orchestrator = MockWorkerOrchestrator::new();
+        orchestrator.expect_backend().return_const("fake");
+        let (l, create) = (log.clone(), s.create);
+        orchestrator.expect_create_worker().returning(move |spec| {
+            note(
+                &l,
+                format!("create {} {}", spec.worker_id, spec.template.id()),
+            );
+            create(&spec)
+        });
+        let (l, delete) = (log.clone(), s.delete);
+        orchestrator.expect_delete_worker().returning(move |id| {
+            note(&l, format!("delete {id}"));
+            delete()
+        });
+        let state = s.state;
+        orchestrator
+            .expect_worker_state()
+            .returning(move |_| Ok(state.clone()));
+
+        let mut workers = MockWorkerRepository::new();
+        let r = records.clone();
+        workers.expect_save().returning(move |w| {
+            lock(&r).insert(w.id().clone(), w);
+            Ok(())
+        });
+        let r = records.clone();
+        workers
+            .expect_find_by_id()
+            .returning(move |id| Ok(lock(&r).get(id).cloned()));
+        let r = records.clone();
+        workers
+            .expect_list()
+            .returning(move || Ok(lock(&r).values().cloned().collect()));
+        let r = records.clone();
+        workers.expect_delete().returning(move |id| {
+            lock(&r).remove(id);
+            Ok(())
+        });
+        let r = records.clone();
+        workers.expect_find_idle_static().returning(move || {
+            Ok(lock(&r)
+                .values()
+                .filter(|w| w.is_idle_static())
+                .cloned()
+                .collect())
+        });
+
+        let (tx, events) = mpsc::unbounded_channel();
+        let mut publisher = MockEventPublisher::new();
+        publisher.expect_publish().returning(move |e| {
+            let _ = tx.send(e);
+        });
+
+        let mut ids = MockIdGenerator::new();
+        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        ids.expect_new_worker_id().returning(move || {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            WorkerId::new(format!("w-{n}")).unwrap()
+        });
+        ids.expect_new_token()
+            .returning(|| OneTimeToken::new("secret-token"));
+
+        let mut config = ManagerConfig::new(
+            "srv-1",
+            ServerEndpoint {
+                host: "127.0.0.1".into(),
+                port: 7070,
+            },
+        );
+        config.provisioning_deadline = Duration::from_secs(5);
+        config.max_workers = s.max_workers;
+        let ports = ManagerPorts {
+            orchestrator: Arc::new(orchestrator),
+            gateway: Arc::new(FakeGateway {
+                connect: s.connect,
+                log: log.clone(),
+            }),
+            templates: Arc::new(Templates(s.templates)),
+            workers: Arc::new(workers),
+            events: Arc::new(publisher),
+            clock: Arc::new(TokioClock(tokio::time::Instant::now())),
+            ids: Arc::new(ids),
+        };
+        Harness {
+            manager: EphemeralWorkerManager::new(config, ports),
+            log,
+            records,
+            events,
+        }
+    }
+
+    impl Harness {
+        /// The logged calls that start with `prefix`.
+        fn calls(&self, prefix: &str) -> Vec<String> {
+            lock(&self.log)
+                .iter()
+                .filter(|l| l.starts_with(prefix))
+                .cloned()
+                .collect()
+        }
+
+        fn record(&self, id: &str) -> Option<Worker> {
+            lock(&self.records)
+                .get(&WorkerId::new(id).unwrap())
+                .cloned()
+        }
+
+        /// Waits for the next event named `name`, skipping others.
+        async fn event(&mut self, name: &str) -> DomainEvent {
+            loop {
+                let event = self.events.recv().await.expect("publisher alive");
+                if event.name() == name {
+                    return event;
+                }
+            }
+        }
+
+        /// The names of every event published so far.
+        fn drain_event_names(&mut self) -> Vec<&'static str> {
+            let mut names = Vec::new();
+            while let Ok(e) = self.events.try_recv() {
+                names.push(e.name());
+            }
+            names
+        }
+
+        fn free_slots(&self, template: &str) -> Option<usize> {
+            lock(&self.manager.inner.template_slots)
+                .get(&TemplateId::new(template).unwrap())
+                .map(|(_, s)| s.available_permits())
+        }
+    }
+
+    fn request(job: &str, agent: AgentKind) -> SegmentRequest {
+        SegmentRequest {
+            job_id: JobId::new(job).unwrap(),
+            job_name: "build".into(),
+            build_number: 3,
+            segment: Segment {
+                id: SegmentId(0),
+                agent: Agent {
+                    pos: Pos::default(),
+                    kind: agent,
+                },
+                owner: SegmentOwner::Pipeline,
+                parent: None,
+                parallel_branch: None,
+                stages: vec!["Build".into()],
+            },
+            source: Arc::from(Vec::new()),
+            skip_checkout: false,
+        }
+    }
+
+    fn label(expr: &str) -> AgentKind {
+        AgentKind::Label {
+            expr: Some(LabelExpr::parse(expr).unwrap()),
+            custom_workspace: None,
+        }
+    }
+
+    fn template(id: &str, image: &str, cap: u32, minutes: u32) -> WorkerTemplate {
+        let resources = ResourceRequirements::new(
+            CpuQuantity::parse("1").unwrap(),
+            MemoryQuantity::parse("1Gi").unwrap(),
+        );
+        WorkerTemplate::new(TemplateId::new(id).unwrap(), image, resources)
+            .unwrap()
+            .with_capabilities(["linux"])
+            .unwrap()
+            .with_max_concurrent_jobs(cap)
+            .unwrap()
+            .with_timeout_minutes(minutes)
+            .unwrap()
+    }
+
+    fn static_worker(id: &str, labels: &[&str]) -> Worker {
+        Worker::registered_static(
+            WorkerId::new(id).unwrap(),
+            id,
+            labels.iter().copied(),
+            Timestamp(0),
+        )
+    }
+
+    /// Acquires a worker for `agent` with the built-in templates plus an
+    /// `alpine` image template; `expected` is the template the worker was
+    /// created from, or the error message.
+    async fn check(agent: AgentKind, expected: Result<&str, &str>) {
+        let mut templates = WorkerTemplate::builtins();
+        templates.push(template("alpine", "alpine:3.20", 5, 30));
+        let h = harness(Scenario {
+            templates,
+            ..Scenario::default()
+        });
+        let described = agent.to_string();
+        let got = h
+            .manager
+            .acquire(request("j-1", agent))
+            .await
+            .map(|link| link.worker_id().to_string())
+            .map_err(|e| e.to_string());
+        match expected {
+            Ok(template) => {
+                assert_eq!(got, Ok("w-1".to_owned()), "{described}");
+                assert_eq!(h.calls("create"), [format!("create w-1 {template}")]);
+            }
+            Err(message) => {
+                assert_eq!(got, Err(message.to_owned()), "{described}");
+                assert_eq!(h.calls("create"), Vec::<String>::new(), "{described}");
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn template_selection_per_agent() {
+        check(label("java-17"), Ok("java-maven")).await;
+        check(label("linux && docker && !kubernetes"), Ok("go-build")).await;
+        check(AgentKind::Any, Ok("alpine")).await;
+        check(
+            AgentKind::Template(TemplateId::new("python-pip").unwrap()),
+            Ok("python-pip"),
+        )
+        .await;
+        check(
+            AgentKind::Docker {
+                image: "alpine:3.20".into(),
+                args: None,
+            },
+            Ok("alpine"),
+        )
+        .await;
+        check(
+            AgentKind::Kubernetes {
+                yaml: None,
+                inherit_from: Some("node-npm".into()),
+            },
+            Ok("node-npm"),
+        )
+        .await;
+        check(
+            label("windows"),
+            Err("no worker template matches label 'windows': \
+                 java-maven: label expression is false: lacks windows; \
+                 node-npm: label expression is false: lacks windows; \
+                 docker-dind: label expression is false: lacks windows; \
+                 python-pip: label expression is false: lacks windows; \
+                 go-build: label expression is false: lacks windows; \
+                 alpine: label expression is false: lacks windows"),
+        )
+        .await;
+        check(
+            AgentKind::Template(TemplateId::new("rust").unwrap()),
+            Err(
+                "no worker template matches template 'rust': no template with id \"rust\"; \
+                 known templates: java-maven, node-npm, docker-dind, python-pip, go-build, alpine",
+            ),
+        )
+        .await;
+        check(
+            AgentKind::Docker {
+                image: "maven:3".into(),
+                args: None,
+            },
+            Err(
+                "no worker template matches docker 'maven:3': a docker agent needs a template \
+                 that runs image \"maven:3\"; java-maven runs \"hodei/worker:java-maven-latest\", \
+                 node-npm runs \"hodei/worker:node-18-latest\", docker-dind runs \
+                 \"hodei/worker:docker-dind-latest\", python-pip runs \
+                 \"hodei/worker:python-3.11-latest\", go-build runs \
+                 \"hodei/worker:go-1.21-latest\", alpine runs \"alpine:3.20\"",
+            ),
+        )
+        .await;
+        check(
+            AgentKind::Kubernetes {
+                yaml: Some("kind: Pod".into()),
+                inherit_from: None,
+            },
+            Err(
+                "no worker template matches kubernetes pod: a kubernetes agent's pod yaml is \
+                 not supported; name a worker template with inheritFrom instead",
+            ),
+        )
+        .await;
+        check(
+            AgentKind::Kubernetes {
+                yaml: None,
+                inherit_from: None,
+            },
+            Err(
+                "no worker template matches kubernetes pod: a kubernetes agent needs \
+                 inheritFrom naming a worker template",
+            ),
+        )
+        .await;
+        check(
+            AgentKind::Kubernetes {
+                yaml: None,
+                inherit_from: Some("big pod".into()),
+            },
+            Err(
+                "no worker template matches kubernetes pod: inheritFrom: template id \"big pod\" \
+                 contains ' ' at column 4, expected only letters, digits, '-', '_' or '.'",
+            ),
+        )
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_templates_at_all() {
+        let h = harness(Scenario {
+            templates: Vec::new(),
+            ..Scenario::default()
+        });
+        let err = h
+            .manager
+            .acquire(request("j-1", AgentKind::Any))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no worker template matches any: no worker templates are configured"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ephemeral_worker_lifecycle() {
+        let mut h = harness(Scenario::default());
+        let link = h
+            .manager
+            .acquire(request("j-1", label("java-17")))
+            .await
+            .unwrap();
+        assert_eq!(link.worker_id().as_str(), "w-1");
+        assert_eq!(h.calls("assign"), ["assign w-1 j-1 #3 segment 1"]);
+        let record = h.record("w-1").unwrap();
+        assert_eq!(record.state(), &WorkerState::Busy);
+        assert_eq!(record.backend_id(), Some("pid-w-1"));
+        assert_eq!(record.bound_job().map(JobId::as_str), Some("j-1"));
+        assert_eq!(record.name(), "hodei-java-maven-w-1");
+        assert_eq!(
+            h.drain_event_names(),
+            [
+                "worker_requested",
+                "worker_provisioning",
+                "worker_connected",
+                "worker_assigned"
+            ]
+        );
+        assert_eq!(h.manager.active_workers(), [link.worker_id().clone()]);
+
+        h.manager
+            .release(link.worker_id(), "stage Build has finished")
+            .await;
+        assert_eq!(
+            h.calls("shutdown"),
+            ["shutdown w-1: stage Build has finished"]
+        );
+        assert_eq!(h.calls("delete"), ["delete w-1"]);
+        assert_eq!(h.record("w-1"), None, "record forgotten once deleted");
+        assert_eq!(
+            h.event("worker_destroyed").await,
+            DomainEvent::WorkerDestroyed {
+                worker: WorkerId::new("w-1").unwrap(),
+                reason: "stage Build has finished".into()
+            }
+        );
+        assert!(h.manager.active_workers().is_empty());
+        assert_eq!(h.free_slots("java-maven"), Some(5));
+
+        // A second release is a no-op.
+        h.manager.release(link.worker_id(), "again").await;
+        assert_eq!(h.calls("delete"), ["delete w-1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_spec_carries_server_token_and_labels() {
+        let h = harness(Scenario {
+            create: |spec| {
+                let env = spec.worker_environment();
+                let labels = spec.backend_labels();
+                let ok = env.get("HODEI_WORKER_TOKEN").map(String::as_str) == Some("secret-token")
+                    && env.get("SERVER_PORT").map(String::as_str) == Some("7070")
+                    && env.get("WORKER_ID").map(String::as_str) == Some("w-1")
+                    && labels.get("hodei.dev/server-id").map(String::as_str) == Some("srv-1")
+                    && labels.get("hodei.dev/job-id").map(String::as_str) == Some("j-1");
+                if ok {
+                    Ok(WorkerHandle {
+                        worker_id: spec.worker_id.clone(),
+                        backend_id: "pid".into(),
+                    })
+                } else {
+                    Err(OrchestratorError::Unavailable(format!(
+                        "bad spec {env:?} {labels:?}"
+                    )))
+                }
+            },
+            ..Scenario::default()
+        });
+        h.manager
+            .acquire(request("j-1", AgentKind::Any))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_static_worker_is_used_first() {
+        let mut h = harness(Scenario {
+            idle_static: vec![
+                static_worker("s-win", &["windows"]),
+                static_worker("s-linux", &["linux", "java-17"]),
+            ],
+            ..Scenario::default()
+        });
+        let link = h
+            .manager
+            .acquire(request("j-1", label("linux && java-17")))
+            .await
+            .unwrap();
+        assert_eq!(link.worker_id().as_str(), "s-linux");
+        assert_eq!(h.calls("create"), Vec::<String>::new());
+        assert_eq!(h.calls("assign"), ["assign s-linux j-1 #3 segment 1"]);
+        let record = h.record("s-linux").unwrap();
+        assert_eq!(record.state(), &WorkerState::Busy);
+        assert_eq!(record.current_job().map(JobId::as_str), Some("j-1"));
+
+        // Busy now: the next job with the same labels gets an ephemeral one.
+        let second = h
+            .manager
+            .acquire(request("j-2", label("linux && java-17")))
+            .await
+            .unwrap();
+        assert_eq!(second.worker_id().as_str(), "w-1");
+
+        h.manager.release(link.worker_id(), "done").await;
+        assert_eq!(h.calls("shutdown"), ["shutdown s-linux: done"]);
+        assert_eq!(
+            h.calls("delete"),
+            Vec::<String>::new(),
+            "static workers stay"
+        );
+        assert_eq!(
+            h.record("s-linux").unwrap().state(),
+            &WorkerState::Connected
+        );
+        h.event("worker_released").await;
+
+        // Template agents never take static workers.
+        let third = h
+            .manager
+            .acquire(request(
+                "j-3",
+                AgentKind::Template(TemplateId::new("go-build").unwrap()),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(third.worker_id().as_str(), "w-2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_static_worker_is_waited_for_when_no_template_fits() {
+        let h = harness(Scenario {
+            idle_static: vec![static_worker("s-1", &["windows"])],
+            ..Scenario::default()
+        });
+        let first = h
+            .manager
+            .acquire(request("j-1", label("windows")))
+            .await
+            .unwrap();
+        let manager = h.manager.clone();
+        let second =
+            tokio::spawn(async move { manager.acquire(request("j-2", label("windows"))).await });
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished());
+        h.manager.release(first.worker_id(), "done").await;
+        let link = second.await.unwrap().unwrap();
+        assert_eq!(link.worker_id().as_str(), "s-1");
+        assert_eq!(
+            h.calls("assign"),
+            ["assign s-1 j-1 #3 segment 1", "assign s-1 j-2 #3 segment 1"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_template_cap_makes_the_next_segment_wait() {
+        let mut h = harness(Scenario {
+            templates: vec![template("solo", "img", 1, 30)],
+            ..Scenario::default()
+        });
+        let first = h
+            .manager
+            .acquire(request("j-1", AgentKind::Any))
+            .await
+            .unwrap();
+        let manager = h.manager.clone();
+        let second =
+            tokio::spawn(async move { manager.acquire(request("j-2", AgentKind::Any)).await });
+        assert_eq!(
+            h.event("worker_waiting").await,
+            DomainEvent::WorkerWaiting {
+                job: JobId::new("j-2").unwrap(),
+                template: TemplateId::new("solo").unwrap(),
+                reason: "template solo allows 1 workers at once".into()
+            }
+        );
+        assert_eq!(h.calls("create"), ["create w-1 solo"]);
+        h.manager.release(first.worker_id(), "done").await;
+        let link = second.await.unwrap().unwrap();
+        assert_eq!(link.worker_id().as_str(), "w-2");
+        assert_eq!(
+            h.calls(""),
+            [
+                "create w-1 solo",
+                "assign w-1 j-1 #3 segment 1",
+                "shutdown w-1: done",
+                "delete w-1",
+                "create w-2 solo",
+                "assign w-2 j-2 #3 segment 1",
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn global_cap_makes_the_next_segment_wait() {
+        let mut h = harness(Scenario {
+            templates: vec![template("a", "img-a", 5, 30), template("b", "img-b", 5, 30)],
+            max_workers: 1,
+            ..Scenario::default()
+        });
+        let first = h
+            .manager
+            .acquire(request(
+                "j-1",
+                AgentKind::Template(TemplateId::new("a").unwrap()),
+            ))
+            .await
+            .unwrap();
+        let manager = h.manager.clone();
+        let second = tokio::spawn(async move {
+            manager
+                .acquire(request(
+                    "j-2",
+                    AgentKind::Template(TemplateId::new("b").unwrap()),
+                ))
+                .await
+        });
+        assert_eq!(
+            h.event("worker_waiting").await,
+            DomainEvent::WorkerWaiting {
+                job: JobId::new("j-2").unwrap(),
+                template: TemplateId::new("b").unwrap(),
+                reason: "the server allows 1 workers at once".into()
+            }
+        );
+        assert_eq!(h.calls("create"), ["create w-1 a"]);
+        h.manager.release(first.worker_id(), "done").await;
+        second.await.unwrap().unwrap();
+        assert_eq!(h.calls("create"), ["create w-1 a", "create w-2 b"]);
+    }
+
+    /// Checks a provisioning failure: the error, one delete of the backend
+    /// object, the record kept only when that delete failed, and every slot
+    /// given back.
+    async fn check_failure(s: Scenario, expected: &str) {
+        let mut h = harness(Scenario {
+            templates: vec![template("solo", "img", 1, 30)],
+            ..s
+        });
+        let err = h
+            .manager
+            .acquire(request("j-1", AgentKind::Any))
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), expected);
+        assert_eq!(h.calls("delete"), ["delete w-1"], "{expected}");
+        assert_eq!(h.record("w-1"), None, "{expected}");
+        let failed = h.event("worker_failed").await;
+        assert_eq!(failed.worker().map(WorkerId::as_str), Some("w-1"));
+        h.event("worker_destroyed").await;
+        assert_eq!(h.free_slots("solo"), Some(1), "{expected}");
+        assert!(h.manager.active_workers().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn provisioning_failures_delete_the_worker() {
+        check_failure(
+            Scenario {
+                create: |spec| {
+                    Err(OrchestratorError::Provisioning {
+                        worker_id: spec.worker_id.clone(),
+                        reason: "image \"img\" not found".into(),
+                    })
+                },
+                ..Scenario::default()
+            },
+            "worker w-1 could not be provisioned: image \"img\" not found",
+        )
+        .await;
+        check_failure(
+            Scenario {
+                create: |_| Err(OrchestratorError::Unavailable("connection refused".into())),
+                ..Scenario::default()
+            },
+            "worker w-1 could not be provisioned: worker backend unavailable: connection refused",
+        )
+        .await;
+        check_failure(
+            Scenario {
+                connect: Connect::Never,
+                state: BackendState::Exited {
+                    code: Some(3),
+                    reason: "exit status 3".into(),
+                    last_lines: vec!["error: unknown flag --x".into()],
+                },
+                ..Scenario::default()
+            },
+            "worker w-1 could not be provisioned: worker exited with exit status 3 before \
+             connecting; last lines: error: unknown flag --x",
+        )
+        .await;
+        check_failure(
+            Scenario {
+                connect: Connect::Never,
+                state: BackendState::Failed {
+                    reason: "ImagePullBackOff".into(),
+                },
+                ..Scenario::default()
+            },
+            "worker w-1 could not be provisioned: worker could not be provisioned: ImagePullBackOff",
+        )
+        .await;
+        check_failure(
+            Scenario {
+                connect: Connect::Never,
+                ..Scenario::default()
+            },
+            "worker w-1 did not connect within 5s",
+        )
+        .await;
+        check_failure(
+            Scenario {
+                connect: Connect::Refused(LinkError::NotConnected {
+                    worker: WorkerId::new("w-1").unwrap(),
+                    after: Duration::from_secs(5),
+                }),
+                ..Scenario::default()
+            },
+            "worker w-1 did not connect within 5s",
+        )
+        .await;
+        check_failure(
+            Scenario {
+                connect: Connect::BrokenStream,
+                ..Scenario::default()
+            },
+            "worker w-1 could not be provisioned: could not assign the segment: \
+             worker w-1 was lost: stream closed",
+        )
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_is_the_configured_one() {
+        let h = harness(Scenario {
+            connect: Connect::Never,
+            ..Scenario::default()
+        });
+        let started = tokio::time::Instant::now();
+        let err = h
+            .manager
+            .acquire(request("j-1", AgentKind::Any))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            ProvisionError::DeadlineExceeded {
+                worker: WorkerId::new("w-1").unwrap(),
+                seconds: 5
+            }
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_delete_on_release_is_published_not_raised() {
+        let mut h = harness(Scenario {
+            delete: || Err(OrchestratorError::Unavailable("api server down".into())),
+            ..Scenario::default()
+        });
+        let link = h
+            .manager
+            .acquire(request("j-1", AgentKind::Any))
+            .await
+            .unwrap();
+        h.manager.release(link.worker_id(), "done").await;
+        assert_eq!(
+            h.event("worker_delete_failed").await,
+            DomainEvent::WorkerDeleteFailed {
+                worker: WorkerId::new("w-1").unwrap(),
+                error: "worker backend unavailable: api server down".into()
+            }
+        );
+        assert_eq!(
+            h.record("w-1").unwrap().state(),
+            &WorkerState::Failed {
+                reason: "deleting its backend object failed: worker backend unavailable: api server down"
+                    .into()
+            },
+            "kept for the orphan collector"
+        );
+        assert!(h.manager.active_workers().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lifetime_timer_releases_a_worker_still_alive() {
+        let mut h = harness(Scenario {
+            templates: vec![template("short", "img", 5, 1)],
+            ..Scenario::default()
+        });
+        let started = tokio::time::Instant::now();
+        let link = h
+            .manager
+            .acquire(request("j-1", AgentKind::Any))
+            .await
+            .unwrap();
+        assert_eq!(
+            h.event("worker_destroyed").await,
+            DomainEvent::WorkerDestroyed {
+                worker: WorkerId::new("w-1").unwrap(),
+                reason: "worker lifetime of 1 minutes exceeded".into()
+            }
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+        assert_eq!(
+            h.calls("shutdown"),
+            ["shutdown w-1: worker lifetime of 1 minutes exceeded"]
+        );
+        assert_eq!(h.calls("delete"), ["delete w-1"]);
+        // The runner's own release comes later and does nothing more.
+        h.manager.release(link.worker_id(), "done").await;
+        assert_eq!(h.calls("delete"), ["delete w-1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_worker_has_no_lifetime_timer_left() {
+        let h = harness(Scenario {
+            templates: vec![template("short", "img", 5, 1)],
+            ..Scenario::default()
+        });
+        let link = h
+            .manager
+            .acquire(request("j-1", AgentKind::Any))
+            .await
+            .unwrap();
+        h.manager.release(link.worker_id(), "done").await;
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(h.calls("shutdown"), ["shutdown w-1: done"]);
+        assert_eq!(h.calls("delete"), ["delete w-1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_acquire_mid_provisioning_deletes_the_worker() {
+        let mut h = harness(Scenario {
+            connect: Connect::Never,
+            ..Scenario::default()
+        });
+        let manager = h.manager.clone();
+        let pending =
+            tokio::spawn(async move { manager.acquire(request("j-1", AgentKind::Any)).await });
+        h.event("worker_provisioning").await;
+        pending.abort();
+        assert_eq!(
+            h.event("worker_destroyed").await,
+            DomainEvent::WorkerDestroyed {
+                worker: WorkerId::new("w-1").unwrap(),
+                reason: "provisioning cancelled".into()
+            }
+        );
+        assert_eq!(h.calls("delete"), ["delete w-1"]);
+        assert_eq!(h.record("w-1"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_releases_everything_and_cancels_waiters() {
+        let mut h = harness(Scenario {
+            templates: vec![template("solo", "img", 1, 30)],
+            ..Scenario::default()
+        });
+        h.manager
+            .acquire(request("j-1", AgentKind::Any))
+            .await
+            .unwrap();
+        let manager = h.manager.clone();
+        let waiting =
+            tokio::spawn(async move { manager.acquire(request("j-2", AgentKind::Any)).await });
+        h.event("worker_waiting").await;
+        h.manager.shutdown("server stopping").await;
+        assert_eq!(
+            waiting.await.unwrap().unwrap_err(),
+            ProvisionError::Cancelled
+        );
+        assert_eq!(h.calls("delete"), ["delete w-1"]);
+        assert_eq!(h.calls("shutdown"), ["shutdown w-1: server stopping"]);
+    }
+}
