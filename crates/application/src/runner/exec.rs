@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use hodei_domain::WorkerId;
 use hodei_domain::pipeline::{
-    Pipeline, Plan, PlanBody, PlanStage, PostBlock, SegmentId, Stage, StageBody, Step, StepKind,
+    BuildResult, Pipeline, Plan, PlanBody, PlanStage, PostBlock, SegmentId, Stage, StageBody, Step,
+    StepKind,
 };
 use tokio::sync::{Mutex, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -411,6 +412,17 @@ impl Run {
                 reason: cause.reason(),
             },
         };
+        if let RunStatus::Failure { reason, .. } | RunStatus::Aborted { reason } = &status {
+            self.system("", &format!("ERROR: {reason}"));
+        }
+        let finished = match status.build_result() {
+            BuildResult::Success => "SUCCESS",
+            BuildResult::Unstable => "UNSTABLE",
+            BuildResult::Failure => "FAILURE",
+            BuildResult::Aborted => "ABORTED",
+            BuildResult::NotBuilt => "NOT_BUILT",
+        };
+        self.system("", &format!("Finished: {finished}"));
         let mut results = self
             .results
             .lock()
@@ -1050,6 +1062,16 @@ impl Run {
                 Err(Outcome::failure(reason))
             }
             Acquired::Interrupted => Err(Outcome::Aborted(scope.cause())),
+            Acquired::Gone => {
+                let reason = "the worker provider stopped before answering".to_string();
+                self.output.event(RunEvent::Provisioning {
+                    segment,
+                    agent: &agent,
+                    phase: ProvisionPhase::Failed { reason: &reason },
+                });
+                *state = SlotState::Failed(reason.clone());
+                Err(Outcome::failure(reason))
+            }
         }
     }
 
@@ -1074,7 +1096,7 @@ impl Run {
             result = &mut rx => match result {
                 Ok(Ok(link)) => Acquired::Link(link),
                 Ok(Err(error)) => Acquired::Failed(error),
-                Err(_) => Acquired::Failed(ProvisionError::Cancelled),
+                Err(_) => Acquired::Gone,
             },
             () = scope.cancelled() => {
                 rx.close();
@@ -1138,6 +1160,8 @@ enum Acquired {
     Link(Arc<dyn WorkerLink>),
     Failed(ProvisionError),
     Interrupted,
+    /// The provider's task ended without an answer.
+    Gone,
 }
 
 /// `dir` inside `dir`: a relative path nests, an absolute one replaces.

@@ -41,7 +41,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hodei_domain::JobId;
 use hodei_domain::WorkerId;
-use hodei_domain::pipeline::{BuildResult, Pipeline, Plan, SegmentId};
+use hodei_domain::pipeline::{BuildResult, Diagnostic, Pipeline, Plan, SegmentId};
 use tokio_util::sync::CancellationToken;
 
 use crate::provider::WorkerProvider;
@@ -106,6 +106,28 @@ pub struct RunRequest {
     pub previous_result: Option<BuildResult>,
     /// Resolves `credentials('id')`.
     pub secrets: Arc<dyn SecretResolver>,
+}
+
+impl RunRequest {
+    /// A request to run `pipeline` for `job`, planned here; without source,
+    /// previous result or secrets (set the fields to add them).
+    ///
+    /// # Errors
+    /// The plan's diagnostics when a stage has no agent; never for a
+    /// pipeline returned by [`hodei_domain::pipeline::parse`], which checks
+    /// this already.
+    pub fn new(job: JobContext, pipeline: Pipeline) -> Result<Self, Vec<Diagnostic>> {
+        let plan = hodei_domain::pipeline::plan(&pipeline)?;
+        Ok(RunRequest {
+            job,
+            pipeline: Arc::new(pipeline),
+            plan: Arc::new(plan),
+            source: Arc::from(Vec::new()),
+            skip_checkout: false,
+            previous_result: None,
+            secrets: Arc::new(BTreeMap::<String, String>::new()),
+        })
+    }
 }
 
 impl fmt::Debug for RunRequest {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hodei_domain::JobId;
-use hodei_domain::pipeline::{BuildResult, parse, plan};
+use hodei_domain::pipeline::{BuildResult, parse};
 use tokio_util::sync::CancellationToken;
 
 use self::fake::{Call, Fake};
@@ -82,25 +82,19 @@ fn request(text: &str) -> RunRequest {
         Ok(pipeline) => pipeline,
         Err(error) => panic!("test pipeline is invalid:\n{error}"),
     };
-    let plan = match plan(&pipeline) {
-        Ok(plan) => plan,
+    let job = JobContext {
+        job_id: JobId::new("job-1").expect("valid id"),
+        job_name: "demo".into(),
+        build_number: 7,
+        branch: None,
+        parameters: BTreeMap::new(),
+    };
+    let mut request = match RunRequest::new(job, pipeline) {
+        Ok(request) => request,
         Err(errors) => panic!("test pipeline cannot be planned: {errors:?}"),
     };
-    RunRequest {
-        job: JobContext {
-            job_id: JobId::new("job-1").expect("valid id"),
-            job_name: "demo".into(),
-            build_number: 7,
-            branch: None,
-            parameters: BTreeMap::new(),
-        },
-        pipeline: Arc::new(pipeline),
-        plan: Arc::new(plan),
-        source: Arc::from(&b"tar"[..]),
-        skip_checkout: false,
-        previous_result: None,
-        secrets: Arc::new(BTreeMap::<String, String>::new()),
-    }
+    request.source = Arc::from(&b"tar"[..]);
+    request
 }
 
 struct Outcome {
@@ -187,6 +181,10 @@ pipeline {
     assert!(out.output.position("finish Two: success") < out.output.position("start Three"));
     assert!(out.output.has("log One: one"));
     assert!(out.output.has("system Two: between"));
+    assert_eq!(
+        out.output.lines().last().map(String::as_str),
+        Some("system : Finished: SUCCESS")
+    );
     assert!(out.output.has("system One: [Pipeline] stage (One)"));
     assert!(
         out.output.position("provision 1: requested")
@@ -250,6 +248,11 @@ pipeline {
         ]
     );
     assert!(out.output.has("system Build: stage failure"));
+    assert!(
+        out.output
+            .has("system : ERROR: script returned exit code 3")
+    );
+    assert!(out.output.has("system : Finished: FAILURE"));
     assert!(!out.output.has("system Build: stage success"));
     assert!(out.output.has("system : pipeline failure"));
     assert!(!out.output.has("system : pipeline success"));
@@ -1186,7 +1189,9 @@ pipeline {
             "ERROR: post failed too",
             "Error when executing failure post condition: post failed too",
             "unsuccessful",
-            "cleanup"
+            "cleanup",
+            "ERROR: script returned exit code 1",
+            "Finished: FAILURE"
         ]
     );
     // The first failure stays the reason.
