@@ -47,8 +47,6 @@ use tokio_util::sync::CancellationToken;
 use crate::provider::WorkerProvider;
 use crate::worker_link::{LogStream, StepOutcome};
 
-pub use when::glob_matches;
-
 /// Who and what a run is for: the values a pipeline sees as build variables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobContext {
