@@ -75,6 +75,7 @@ pub(crate) fn validate(
         source,
         diagnostics,
         stage_names: HashMap::new(),
+        errors: 0,
     };
     let mut pipeline_call: Option<&Call> = None;
     for stmt in &file.stmts {
@@ -124,6 +125,8 @@ struct Validator<'s, 'd> {
     diagnostics: &'d mut Vec<Diagnostic>,
     /// Stage names seen so far, for duplicates (unique across the pipeline).
     stage_names: HashMap<String, Pos>,
+    /// How many errors validation has reported.
+    errors: usize,
 }
 
 /// The block a statement is in, for messages.
@@ -183,6 +186,7 @@ struct StageContext {
 
 impl<'s> Validator<'s, '_> {
     fn error(&mut self, pos: Pos, message: impl Into<String>) {
+        self.errors += 1;
         self.diagnostics.push(Diagnostic::error(pos, message));
     }
 
@@ -1478,8 +1482,9 @@ impl<'s> Validator<'s, '_> {
         (self.error_count() == before && !block.had_error()).then_some(steps)
     }
 
+    /// Errors reported by validation so far (a counter, so checking it is cheap).
     fn error_count(&self) -> usize {
-        self.diagnostics.iter().filter(|d| d.is_error()).count()
+        self.errors
     }
 
     fn steps(&mut self, block: &Block) -> Vec<Step> {
