@@ -1,9 +1,19 @@
 //! Hodei's adapters: implementations of the ports declared in
 //! `hodei-application` (template files, repositories, orchestrators).
 
+pub mod clock;
+pub mod events;
+pub mod ids;
 pub mod local;
+pub mod memory_jobs;
 pub mod memory_templates;
+pub mod memory_workers;
 pub mod template_file;
 
+pub use clock::SystemClock;
+pub use events::BroadcastEventPublisher;
+pub use ids::RandomIdGenerator;
+pub use memory_jobs::InMemoryJobRepository;
 pub use memory_templates::InMemoryWorkerTemplateRepository;
+pub use memory_workers::InMemoryWorkerRepository;
 pub use template_file::{TemplateFileError, load_template_file, parse_templates};
