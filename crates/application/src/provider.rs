@@ -73,6 +73,10 @@ pub trait WorkerProvider: Send + Sync {
     /// Gets a worker for `request`: an idle matching static worker, else a
     /// new ephemeral one (waiting, not failing, while caps are reached). The
     /// returned link has been assigned the segment and unpacked the source.
+    ///
+    /// Dropping the future cancels the provisioning (a cancelled job): the
+    /// provider deletes whatever it had started and no worker is left bound
+    /// to the segment; the pipeline runner relies on this.
     async fn acquire(&self, request: SegmentRequest)
     -> Result<Arc<dyn WorkerLink>, ProvisionError>;
 

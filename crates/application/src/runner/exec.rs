@@ -19,7 +19,7 @@ use hodei_domain::pipeline::{
     BuildResult, Pipeline, Plan, PlanBody, PlanStage, PostBlock, SegmentId, Stage, StageBody, Step,
     StepKind,
 };
-use tokio::sync::{Mutex, oneshot};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::env::{self, Env};
@@ -1062,51 +1062,21 @@ impl Run {
                 Err(Outcome::failure(reason))
             }
             Acquired::Interrupted => Err(Outcome::Aborted(scope.cause())),
-            Acquired::Gone => {
-                let reason = "the worker provider stopped before answering".to_string();
-                self.output.event(RunEvent::Provisioning {
-                    segment,
-                    agent: &agent,
-                    phase: ProvisionPhase::Failed { reason: &reason },
-                });
-                *state = SlotState::Failed(reason.clone());
-                Err(Outcome::failure(reason))
-            }
         }
     }
 
-    /// Asks the provider for a worker without letting an interrupt leak it:
-    /// the request runs in its own task, and a worker that arrives after the
-    /// interrupt is released at once.
+    /// Asks the provider for a worker. An interrupt drops the request,
+    /// which cancels the provisioning: the provider deletes whatever it had
+    /// started (see [`WorkerProvider::acquire`]). A worker that is ready at
+    /// the same moment is taken, so that it is released like any other.
     async fn acquire(&self, request: SegmentRequest, scope: &Scope) -> Acquired {
-        let (tx, mut rx) = oneshot::channel();
-        let provider = self.provider.clone();
-        tokio::spawn(async move {
-            let result = provider.acquire(request).await;
-            if let Err(Ok(link)) = tx.send(result) {
-                provider
-                    .release(
-                        link.worker_id(),
-                        "the run was aborted while it was provisioned",
-                    )
-                    .await;
-            }
-        });
         tokio::select! {
-            result = &mut rx => match result {
-                Ok(Ok(link)) => Acquired::Link(link),
-                Ok(Err(error)) => Acquired::Failed(error),
-                Err(_) => Acquired::Gone,
+            biased;
+            result = self.provider.acquire(request) => match result {
+                Ok(link) => Acquired::Link(link),
+                Err(error) => Acquired::Failed(error),
             },
-            () = scope.cancelled() => {
-                rx.close();
-                if let Ok(Ok(link)) = rx.try_recv() {
-                    self.provider
-                        .release(link.worker_id(), "the run was aborted while it was provisioned")
-                        .await;
-                }
-                Acquired::Interrupted
-            }
+            () = scope.cancelled() => Acquired::Interrupted,
         }
     }
 
@@ -1160,8 +1130,6 @@ enum Acquired {
     Link(Arc<dyn WorkerLink>),
     Failed(ProvisionError),
     Interrupted,
-    /// The provider's task ended without an answer.
-    Gone,
 }
 
 /// `dir` inside `dir`: a relative path nests, an absolute one replaces.

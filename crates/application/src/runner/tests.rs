@@ -1110,7 +1110,7 @@ pipeline {
 }
 
 #[tokio::test(start_paused = true)]
-async fn cancelling_while_provisioning_releases_the_late_worker() {
+async fn cancelling_while_provisioning_drops_the_request() {
     let fake = Fake::new();
     let cancel = CancellationToken::new();
     let request = request(
@@ -1118,37 +1118,73 @@ async fn cancelling_while_provisioning_releases_the_late_worker() {
 pipeline {
   agent { label 'slow' }
   stages { stage('S') { steps { sh 's' } } }
+  post { always { echo 'post runs' } }
 }"#,
     );
     let run = tokio::spawn({
         let fake = fake.clone();
         let cancel = cancel.clone();
-        async move {
-            let output = Arc::new(Recorder::default());
-            let runner = PipelineRunner::new(Arc::new(fake), RunnerConfig::default());
-            let result = runner.run(request, output.clone(), cancel).await;
-            (result, output)
-        }
+        async move { run_request(&fake, request, cancel).await }
     });
     // Let the runner ask for the worker, then cancel while it is pending.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(fake.provisioning(), 1);
     cancel.cancel();
-    let (result, output) = match run.await {
-        Ok(done) => done,
+    let out = match run.await {
+        Ok(out) => out,
         Err(error) => panic!("the run panicked: {error}"),
     };
     assert_eq!(
-        result.status,
+        out.result.status,
         RunStatus::Aborted {
             reason: "cancelled".into()
         }
     );
-    assert!(output.has("provision 1: requested"));
+    assert_eq!(
+        *out.stage("S"),
+        StageStatus::Aborted {
+            reason: "cancelled".into()
+        }
+    );
+    assert!(out.output.has("provision 1: requested"));
+    assert!(out.output.has("system : post runs"));
+    // The provisioning was abandoned (the provider cleans up), nothing was
+    // acquired, nothing is left to release.
+    assert_eq!(fake.provisioning(), 0);
     assert!(fake.log().is_empty());
-    // The worker that arrives after the cancel is released at once.
+}
+
+#[tokio::test(start_paused = true)]
+async fn provisioning_and_running_steps_are_reported_as_they_happen() {
+    let fake = Fake::new();
+    let output = Arc::new(Recorder::default());
+    let request = request(
+        r#"
+pipeline {
+  agent { label 'slow' }
+  stages { stage('S') { steps { sh 'gate step' } } }
+}"#,
+    );
+    let run = tokio::spawn({
+        let runner = PipelineRunner::new(Arc::new(fake.clone()), RunnerConfig::default());
+        let output = output.clone();
+        async move { runner.run(request, output, CancellationToken::new()).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(output.has("provision 1: requested"));
+    assert!(!output.has("provision 1: ready w1"));
     fake.open("provision");
-    fake.released(1).await;
-    assert_eq!(fake.log(), ["acquire w1", "release w1"]);
+    fake.started("gate step").await;
+    assert!(output.has("provision 1: ready w1"));
+    assert!(output.has("step S: sh"));
+    assert!(!output.lines().iter().any(|l| l.starts_with("ended S")));
+    fake.open("step");
+    let result = match run.await {
+        Ok(result) => result,
+        Err(error) => panic!("the run panicked: {error}"),
+    };
+    assert_eq!(result.status, RunStatus::Success);
+    assert!(output.has("ended S: Success"));
     fake.assert_released_once();
 }
 

@@ -14,10 +14,11 @@
 //! - anything else passes.
 //!
 //! Agents: one whose description contains `broken` cannot be provisioned;
-//! one containing `slow` waits for gate `provision` first.
+//! one containing `slow` waits for gate `provision` first (and counts as
+//! provisioning until then or until its `acquire` future is dropped).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -58,9 +59,9 @@ struct State {
     counters: Mutex<HashMap<String, u32>>,
     cancels: Mutex<HashMap<String, CancellationToken>>,
     next_worker: AtomicU32,
+    provisioning: AtomicI32,
     started: watch::Sender<Vec<String>>,
     gates: watch::Sender<BTreeSet<String>>,
-    released: watch::Sender<usize>,
 }
 
 /// The fake provider; clones share their state.
@@ -101,10 +102,10 @@ impl Fake {
         let _ = rx.wait_for(|s| s.iter().any(|x| x == script)).await;
     }
 
-    /// Waits until `count` releases have happened.
-    pub async fn released(&self, count: usize) {
-        let mut rx = self.state.released.subscribe();
-        let _ = rx.wait_for(|n| *n >= count).await;
+    /// How many `slow` provisionings are in progress (dropping an `acquire`
+    /// future ends one).
+    pub fn provisioning(&self) -> i32 {
+        self.state.provisioning.load(Ordering::SeqCst)
     }
 
     /// Steps as (worker, script or `write PATH`, dir), in call order.
@@ -182,6 +183,15 @@ impl Fake {
     }
 }
 
+/// Counts a provisioning as ended when dropped.
+struct Pending(Arc<State>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.provisioning.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn describe(action: &StepAction) -> String {
     match action {
         StepAction::Sh { script } => script.clone(),
@@ -203,6 +213,8 @@ impl WorkerProvider for Fake {
             });
         }
         if agent.contains("slow") {
+            self.state.provisioning.fetch_add(1, Ordering::SeqCst);
+            let _pending = Pending(self.state.clone());
             self.gate("provision", &CancellationToken::new()).await;
         }
         let n = self.state.next_worker.fetch_add(1, Ordering::SeqCst) + 1;
@@ -224,7 +236,6 @@ impl WorkerProvider for Fake {
         self.push(Call::Release {
             worker: worker.to_string(),
         });
-        self.state.released.send_modify(|n| *n += 1);
     }
 }
 
