@@ -146,6 +146,10 @@ fn exit_codes_for_bad_settings_and_a_lost_server() {
             "{stderr}"
         );
         assert!(
+            !stderr.contains('\u{1b}'),
+            "colour codes in a captured log:\n{stderr}"
+        );
+        assert!(
             !stderr.contains(TOKEN),
             "the token leaked to the log:\n{stderr}"
         );
