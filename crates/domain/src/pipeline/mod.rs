@@ -7,6 +7,14 @@
 //! [`Segment`]s: which stages run on which worker, and which run at the same
 //! time.
 //!
+//! A runner uses three things: [`parse`] (or [`Parsed::into_result`]) for
+//! the typed [`Pipeline`], [`plan`] for the [`Plan`] (walk
+//! [`Plan::stages`]: a [`PlanStage`] with `own_agent` creates the worker of
+//! its [`Segment`] before its body and destroys it after its `post`), and
+//! the evaluators on the model: [`When::evaluate`] with a [`WhenContext`],
+//! [`PostCondition::applies`], [`Interpolation::expand`] and
+//! [`Duration::to_std`].
+//!
 //! The supported subset is Jenkins' declarative syntax in both spellings
 //! (`sh 'make'` and `sh("make")`); anything that would need a Groovy
 //! interpreter (`script { }`, `def`, method calls on objects, `${a + b}`) is
