@@ -62,6 +62,9 @@ pub struct ManagerConfig {
     /// How often the backend is asked about a worker that has not connected
     /// yet, so one that died fails fast (default 200 ms).
     pub state_poll_interval: Duration,
+    /// How long an idle static worker, recorded as connected, may take to
+    /// be found by the gateway before it is marked lost (default 5 s).
+    pub static_connect_timeout: Duration,
     /// How long a worker may take to acknowledge the end of its segment
     /// before its backend object is deleted anyway (default 5 s).
     pub shutdown_timeout: Duration,
@@ -82,6 +85,7 @@ impl ManagerConfig {
         ManagerConfig {
             provisioning_deadline: Duration::from_secs(120),
             state_poll_interval: Duration::from_millis(200),
+            static_connect_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(5),
             max_workers: 64,
             server_id: server_id.into(),
@@ -228,6 +232,10 @@ impl WorkerProvider for EphemeralWorkerManager {
         self.inner.acquire(request).await
     }
 
+    async fn check(&self, agent: &AgentKind) -> Result<(), ProvisionError> {
+        self.inner.check(agent).await
+    }
+
     async fn release(&self, worker: &WorkerId, reason: &str) {
         self.inner.release(worker, reason).await;
     }
@@ -270,6 +278,30 @@ impl Inner {
                     Ok(template) => self.provision(&request, template).await,
                     Err(no_match) => self.wait_for_static(&request, expr, no_match).await,
                 }
+            }
+        }
+    }
+
+    /// Whether `agent` can be served: by a template, or for label agents by
+    /// a registered static worker that offers the labels.
+    async fn check(&self, agent: &AgentKind) -> Result<(), ProvisionError> {
+        match self.need(agent).await {
+            Need::Template(template) => template.map(|_| ()),
+            Need::Labels(expr) => {
+                let mut requirements = WorkerRequirements::new();
+                if let Some(expr) = &expr {
+                    requirements = requirements.with_label(expr.clone());
+                }
+                let Err(no_match) = self.best_template(agent, &requirements).await else {
+                    return Ok(());
+                };
+                let any_static = match self.ports.workers.list().await {
+                    Ok(all) => all.iter().any(|w| {
+                        !w.is_ephemeral() && !w.state().is_ended() && w.offers(expr.as_ref())
+                    }),
+                    Err(_) => false,
+                };
+                if any_static { Ok(()) } else { Err(no_match) }
             }
         }
     }
@@ -399,16 +431,25 @@ impl Inner {
         expr: Option<&LabelExpr>,
     ) -> Option<Arc<dyn WorkerLink>> {
         loop {
-            let mut worker = self.claim_static(request, expr).await?;
+            let worker = self.claim_static(request, expr).await?;
             let id = worker.id().clone();
+            // Dropping this future (a cancelled job) puts the worker back
+            // in the idle pool.
+            let mut guard = StaticClaimGuard {
+                inner: Arc::downgrade(self),
+                worker: Some(worker),
+            };
             let connected = self
                 .ports
                 .gateway
-                .wait_connected(&id, self.config.provisioning_deadline)
+                .wait_connected(&id, self.config.static_connect_timeout)
                 .await;
             let result = match connected {
                 Ok(link) => link.assign(assignment(request)).await.map(|()| link),
                 Err(e) => Err(e),
+            };
+            let Some(mut worker) = guard.worker.take() else {
+                continue;
             };
             match result {
                 Ok(link) => {
@@ -828,19 +869,13 @@ impl Inner {
         match active.slot {
             Slot::Static => {
                 self.tell_segment_over(&active.link, reason).await;
-                if let Some(mut worker) = record {
-                    self.mark(&mut worker, WorkerState::Connected).await;
-                }
-                self.publish(DomainEvent::WorkerReleased {
-                    worker: id.clone(),
-                    reason: reason.to_owned(),
-                })
-                .await;
-                self.static_freed.notify_waiters();
+                self.back_to_idle(id, record, reason).await;
             }
             Slot::Ephemeral(permits) => {
                 let mut worker = record;
-                if let Some(worker) = &mut worker {
+                if let Some(worker) = &mut worker
+                    && !worker.state().is_ended()
+                {
                     self.mark(worker, WorkerState::Stopping).await;
                 }
                 self.tell_segment_over(&active.link, reason).await;
@@ -851,6 +886,20 @@ impl Inner {
                 drop(permits);
             }
         }
+    }
+
+    /// Puts a static worker back in the idle pool and wakes segments
+    /// waiting for one.
+    async fn back_to_idle(&self, id: &WorkerId, record: Option<Worker>, reason: &str) {
+        if let Some(mut worker) = record {
+            self.mark(&mut worker, WorkerState::Connected).await;
+        }
+        self.publish(DomainEvent::WorkerReleased {
+            worker: id.clone(),
+            reason: reason.to_owned(),
+        })
+        .await;
+        self.static_freed.notify_waiters();
     }
 
     async fn destroy_unrecorded(&self, id: &WorkerId, reason: &str) {
@@ -939,6 +988,32 @@ impl ProvisionGuard {
     fn disarm(&mut self) -> Option<Permits> {
         self.worker = None;
         self.permits.take()
+    }
+}
+
+/// Puts a claimed static worker back in the idle pool if the segment is
+/// abandoned (the `acquire` future dropped) before it was handed out.
+struct StaticClaimGuard {
+    inner: Weak<Inner>,
+    worker: Option<Worker>,
+}
+
+impl Drop for StaticClaimGuard {
+    fn drop(&mut self) {
+        let Some(worker) = self.worker.take() else {
+            return;
+        };
+        let (Some(inner), Ok(runtime)) =
+            (self.inner.upgrade(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        runtime.spawn(async move {
+            let id = worker.id().clone();
+            inner
+                .back_to_idle(&id, Some(worker), "acquisition cancelled")
+                .await;
+        });
     }
 }
 
@@ -1045,7 +1120,14 @@ mod tests {
     struct FakeLink {
         id: WorkerId,
         log: Log,
-        fail_assign: bool,
+        assign: AssignBehaviour,
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum AssignBehaviour {
+        Accept,
+        Fail,
+        Hang,
     }
 
     #[async_trait]
@@ -1062,13 +1144,14 @@ mod tests {
                     self.id, assignment.job_id, assignment.build_number, assignment.segment_id
                 ),
             );
-            if self.fail_assign {
-                return Err(LinkError::Lost {
+            match self.assign {
+                AssignBehaviour::Accept => Ok(()),
+                AssignBehaviour::Fail => Err(LinkError::Lost {
                     worker: self.id.clone(),
                     reason: "stream closed".into(),
-                });
+                }),
+                AssignBehaviour::Hang => std::future::pending().await,
             }
-            Ok(())
         }
 
         async fn run_step(
@@ -1095,6 +1178,8 @@ mod tests {
         Now,
         /// Connects, but the segment cannot be assigned.
         BrokenStream,
+        /// Connects, but assigning the segment never ends.
+        SlowAssign,
         Never,
         Refused(LinkError),
     }
@@ -1111,16 +1196,17 @@ mod tests {
             worker: &WorkerId,
             _deadline: Duration,
         ) -> Result<Arc<dyn WorkerLink>, LinkError> {
-            let link = |fail_assign| -> Arc<dyn WorkerLink> {
+            let link = |assign| -> Arc<dyn WorkerLink> {
                 Arc::new(FakeLink {
                     id: worker.clone(),
                     log: self.log.clone(),
-                    fail_assign,
+                    assign,
                 })
             };
             match &self.connect {
-                Connect::Now => Ok(link(false)),
-                Connect::BrokenStream => Ok(link(true)),
+                Connect::Now => Ok(link(AssignBehaviour::Accept)),
+                Connect::BrokenStream => Ok(link(AssignBehaviour::Fail)),
+                Connect::SlowAssign => Ok(link(AssignBehaviour::Hang)),
                 Connect::Never => std::future::pending().await,
                 Connect::Refused(e) => Err(e.clone()),
             }
@@ -1978,5 +2064,61 @@ mod tests {
         );
         assert_eq!(h.calls("delete"), ["delete w-1"]);
         assert_eq!(h.calls("shutdown"), ["shutdown w-1: server stopping"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_acquire_while_assigning_a_static_worker_puts_it_back() {
+        let mut h = harness(Scenario {
+            idle_static: vec![static_worker("s-1", &["linux"])],
+            connect: Connect::SlowAssign,
+            ..Scenario::default()
+        });
+        let manager = h.manager.clone();
+        let pending =
+            tokio::spawn(async move { manager.acquire(request("j-1", label("linux"))).await });
+        while h.calls("assign").is_empty() {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(h.record("s-1").unwrap().state(), &WorkerState::Busy);
+        pending.abort();
+        assert_eq!(
+            h.event("worker_released").await,
+            DomainEvent::WorkerReleased {
+                worker: WorkerId::new("s-1").unwrap(),
+                reason: "acquisition cancelled".into()
+            }
+        );
+        assert!(h.record("s-1").unwrap().is_idle_static());
+        assert!(h.manager.active_workers().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_static_worker_is_marked_lost_and_skipped() {
+        let mut h = harness(Scenario {
+            idle_static: vec![static_worker("s-1", &["linux"])],
+            connect: Connect::Refused(LinkError::NotConnected {
+                worker: WorkerId::new("s-1").unwrap(),
+                after: Duration::from_secs(5),
+            }),
+            ..Scenario::default()
+        });
+        let err = h
+            .manager
+            .acquire(request("j-1", label("windows || linux")))
+            .await
+            .unwrap_err();
+        // The static worker is lost; the template's worker cannot connect either.
+        assert_eq!(err.to_string(), "worker w-1 did not connect within 5s");
+        assert_eq!(
+            h.event("worker_lost").await,
+            DomainEvent::WorkerLost {
+                worker: WorkerId::new("s-1").unwrap(),
+                reason: "worker s-1 did not connect within 5s".into()
+            }
+        );
+        assert!(matches!(
+            h.record("s-1").unwrap().state(),
+            WorkerState::Lost { .. }
+        ));
     }
 }
