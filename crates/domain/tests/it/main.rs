@@ -1,2 +1,3 @@
 mod label;
 mod pipeline;
+mod quantity;
