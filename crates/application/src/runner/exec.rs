@@ -473,6 +473,12 @@ impl Run {
             &stage.name,
             &format!("Stage \"{}\" skipped due to {reason}", stage.name),
         );
+        self.skip_children(stage, reason);
+        self.record(&stage.name, StageStatus::Skipped(reason), 0);
+    }
+
+    /// Reports every stage nested in `stage` as skipped.
+    fn skip_children(&self, stage: &Stage, reason: SkipReason) {
         match &stage.body {
             StageBody::Steps(_) => {}
             StageBody::Stages(children)
@@ -484,7 +490,6 @@ impl Run {
                 }
             }
         }
-        self.record(&stage.name, StageStatus::Skipped(reason), 0);
     }
 
     /// Runs one stage with its `options { retry }`.
@@ -517,6 +522,7 @@ impl Run {
                         name,
                         &format!("Stage \"{name}\" skipped due to when conditional"),
                     );
+                    self.skip_children(stage, SkipReason::When);
                     self.record(name, StageStatus::Skipped(SkipReason::When), attempt - 1);
                     return Outcome::Success;
                 }

@@ -1312,3 +1312,32 @@ pipeline {
         }
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_skipped_by_when_skips_its_nested_stages() {
+    let out = run(r#"
+pipeline {
+  agent any
+  stages {
+    stage('Release') {
+      when { branch 'main' }
+      parallel {
+        stage('Publish') { steps { sh 'publish' } }
+        stage('Tag') { steps { sh 'tag' } }
+      }
+    }
+    stage('After') { steps { sh 'after' } }
+  }
+}"#)
+    .await;
+    assert_eq!(out.result.status, RunStatus::Success);
+    for stage in ["Release", "Publish", "Tag"] {
+        assert_eq!(
+            *out.stage(stage),
+            StageStatus::Skipped(SkipReason::When),
+            "{stage}"
+        );
+    }
+    assert_eq!(*out.stage("After"), StageStatus::Success);
+    assert_eq!(out.fake.steps().len(), 1);
+}
