@@ -1067,7 +1067,16 @@ impl Run {
                 *state = SlotState::Failed(reason.clone());
                 Err(Outcome::failure(reason))
             }
-            Acquired::Interrupted => Err(Outcome::Aborted(scope.cause())),
+            Acquired::Interrupted => {
+                let cause = scope.cause();
+                let reason = cause.reason();
+                self.output.event(RunEvent::Provisioning {
+                    segment,
+                    agent: &agent,
+                    phase: ProvisionPhase::Failed { reason: &reason },
+                });
+                Err(Outcome::Aborted(cause))
+            }
         }
     }
 

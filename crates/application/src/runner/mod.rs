@@ -170,9 +170,9 @@ pub enum ProvisionPhase<'a> {
         /// The worker.
         worker: &'a WorkerId,
     },
-    /// No worker could be had.
+    /// No worker could be had, or the run was aborted while waiting for it.
     Failed {
-        /// The provider's reason.
+        /// The provider's reason, or why the run was aborted.
         reason: &'a str,
     },
     /// The worker was given back (and, if ephemeral, destroyed).

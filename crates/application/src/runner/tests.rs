@@ -1147,6 +1147,7 @@ pipeline {
         }
     );
     assert!(out.output.has("provision 1: requested"));
+    assert!(out.output.has("provision 1: failed cancelled"));
     assert!(out.output.has("system : post runs"));
     // The provisioning was abandoned (the provider cleans up), nothing was
     // acquired, nothing is left to release.
