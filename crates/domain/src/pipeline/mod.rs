@@ -204,10 +204,8 @@ pub fn parse(file: &str, source: &str) -> Parsed {
     let tokens = lexer::tokenize(source, &mut diagnostics);
     let file_node = syntax::parse_tokens(&tokens, &mut diagnostics);
     let pipeline = validate::validate(source, &file_node, &mut diagnostics);
-    if let Some(pipeline) = &pipeline
-        && let Err(errors) = plan(pipeline)
-    {
-        diagnostics.extend(errors);
+    if let Some(pipeline) = &pipeline {
+        diagnostics.extend(plan::agent_errors(pipeline));
     }
     diagnostics.sort_by_key(|d| (d.line, d.column));
     diagnostics.dedup();

@@ -189,10 +189,7 @@ impl Planner {
                     Some(id) => self.segments[id.0].stages.push(stage.name.clone()),
                     None => {
                         if steps.iter().any(needs_worker) {
-                            self.errors.push(Diagnostic::error(
-                                stage.pos,
-                                format!("stage `{}` has no agent: with `agent none`, every stage with steps needs its own `agent`", stage.name),
-                            ));
+                            self.errors.push(no_agent(stage));
                         }
                     }
                 }
@@ -226,20 +223,73 @@ impl Planner {
     }
 
     fn post(&mut self, blocks: &[PostBlock], segment: Option<SegmentId>, owner: &str) {
-        if segment.is_some() {
-            return;
+        if segment.is_none() {
+            post_agent_errors(blocks, owner, &mut self.errors);
         }
-        for block in blocks {
-            if let Some(step) = block.steps.iter().find(|s| needs_worker(s)) {
-                self.errors.push(Diagnostic::error(
-                    step.pos,
-                    format!(
-                        "step `{}` in the `{}` post condition of {owner} needs a worker, but no agent applies here (`agent none`)",
-                        step.kind.name(),
-                        block.condition
-                    ),
-                ));
+    }
+}
+
+/// The errors [`plan`] would report, without building the plan: a stage
+/// with steps that need a worker, or a `post` step that needs one, where no
+/// agent applies. Used by `parse`, so a parsed pipeline always plans.
+pub(crate) fn agent_errors(pipeline: &Pipeline) -> Vec<Diagnostic> {
+    let mut errors = Vec::new();
+    let has_worker = !matches!(pipeline.agent.kind, AgentKind::None);
+    for stage in &pipeline.stages {
+        stage_agent_errors(stage, has_worker, &mut errors);
+    }
+    if !has_worker {
+        post_agent_errors(&pipeline.post, "the pipeline", &mut errors);
+    }
+    errors
+}
+
+fn stage_agent_errors(stage: &Stage, enclosing: bool, errors: &mut Vec<Diagnostic>) {
+    let has_worker = match &stage.agent {
+        Some(agent) => !matches!(agent.kind, AgentKind::None),
+        None => enclosing,
+    };
+    match &stage.body {
+        StageBody::Steps(steps) => {
+            if !has_worker && steps.iter().any(needs_worker) {
+                errors.push(no_agent(stage));
             }
+        }
+        StageBody::Stages(children)
+        | StageBody::Parallel {
+            branches: children, ..
+        } => {
+            for child in children {
+                stage_agent_errors(child, has_worker, errors);
+            }
+        }
+    }
+    if !has_worker {
+        post_agent_errors(&stage.post, &format!("stage `{}`", stage.name), errors);
+    }
+}
+
+fn no_agent(stage: &Stage) -> Diagnostic {
+    Diagnostic::error(
+        stage.pos,
+        format!(
+            "stage `{}` has no agent: with `agent none`, every stage with steps needs its own `agent`",
+            stage.name
+        ),
+    )
+}
+
+fn post_agent_errors(blocks: &[PostBlock], owner: &str, errors: &mut Vec<Diagnostic>) {
+    for block in blocks {
+        if let Some(step) = block.steps.iter().find(|s| needs_worker(s)) {
+            errors.push(Diagnostic::error(
+                step.pos,
+                format!(
+                    "step `{}` in the `{}` post condition of {owner} needs a worker, but no agent applies here (`agent none`)",
+                    step.kind.name(),
+                    block.condition
+                ),
+            ));
         }
     }
 }

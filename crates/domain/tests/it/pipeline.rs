@@ -867,6 +867,43 @@ fn validation_errors_with_positions() {
 }
 
 #[test]
+fn plan_refuses_stages_without_a_worker() {
+    // Built valid, then changed by hand the way a library user could.
+    let mut pipeline = lint(&in_stage(
+        "      steps { echo 'fine without a worker' }\n      post { failure { sh 'needs one' } }",
+    ))
+    .expect("valid");
+    pipeline.agent.kind = AgentKind::None;
+    let errors: Vec<String> = plan(&pipeline)
+        .expect_err("no worker for the post step")
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "6:24: step `sh` in the `failure` post condition of stage `s` needs a worker, but no agent applies here (`agent none`)"
+        ]
+    );
+    pipeline.stages[0].body = StageBody::Steps(vec![hodei_domain::pipeline::Step {
+        pos: hodei_domain::pipeline::Pos { line: 9, column: 9 },
+        kind: sh("make"),
+    }]);
+    pipeline.stages[0].post.clear();
+    let errors: Vec<String> = plan(&pipeline)
+        .expect_err("no worker for the steps")
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "4:5: stage `s` has no agent: with `agent none`, every stage with steps needs its own `agent`"
+        ]
+    );
+}
+
+#[test]
 fn every_error_of_a_file_is_reported() {
     let source = "pipeline {
   agent { label 'a &&' }
