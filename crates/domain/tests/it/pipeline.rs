@@ -939,6 +939,35 @@ fn every_error_of_a_file_is_reported() {
 }
 
 #[test]
+fn deep_nesting_is_reported_not_overflowed() {
+    // Nested stages, conditions and block steps up to and past the limit.
+    for depth in [5, 20, 40, 100, 10_000] {
+        let mut stages = "stage('leaf') { steps { sh 'x' } }".to_string();
+        for i in 0..depth {
+            stages = format!("stage('s{i}') {{ stages {{ {stages} }} }}");
+        }
+        let source = format!("pipeline {{ agent any; stages {{ {stages} }} }}");
+        let parsed = parse("deep", &source);
+        let too_deep = parsed
+            .diagnostics
+            .iter()
+            .any(|d| d.message.starts_with("nesting too deep"));
+        assert_eq!(too_deep, depth > 30, "depth {depth}");
+        let mut steps = "sh 'x'".to_string();
+        let mut when = "branch 'main'".to_string();
+        for _ in 0..depth {
+            steps = format!("dir('d') {{ {steps} }}");
+            when = format!("not {{ {when} }}");
+        }
+        let parsed = parse(
+            "deep",
+            &in_stage(&format!("when {{ {when} }}\nsteps {{ {steps} }}")),
+        );
+        assert_eq!(parsed.has_errors(), depth > 55, "depth {depth}");
+    }
+}
+
+#[test]
 fn diagnostics_print_with_the_file_name() {
     let parsed = parse("ci/Jenkinsfile", "pipeline {\n  agent any\n}");
     let lines: Vec<String> = parsed
