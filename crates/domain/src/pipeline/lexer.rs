@@ -144,7 +144,7 @@ pub(crate) fn position_in_literal(source: &str, start: usize, pos: Pos, index: u
         .or_else(|| recorded.last().copied())
         .unwrap_or(Pos {
             line: pos.line,
-            column: pos.column + 1,
+            column: pos.column.saturating_add(1),
         })
 }
 
@@ -190,10 +190,10 @@ impl<'a> Lexer<'a> {
         let c = self.peek()?;
         self.offset += c.len_utf8();
         if c == '\n' {
-            self.pos.line += 1;
+            self.pos.line = self.pos.line.saturating_add(1);
             self.pos.column = 1;
         } else {
-            self.pos.column += 1;
+            self.pos.column = self.pos.column.saturating_add(1);
         }
         Some(c)
     }
@@ -338,7 +338,31 @@ impl<'a> Lexer<'a> {
         let multiline = matches!(quote, Quote::TripleSingle | Quote::TripleDouble);
         let mut parts = Vec::new();
         let mut literal = String::new();
+        let delimiter = quote.delimiter().as_bytes()[0];
         loop {
+            // Fast path: a run of ordinary characters (no escape, `$`, quote
+            // or line break) is copied at once. Not when recording positions.
+            if self.record.is_none() {
+                let rest = self.rest();
+                let run = rest
+                    .bytes()
+                    .position(|b| {
+                        b == b'\\'
+                            || b == b'\n'
+                            || b == delimiter
+                            || (b == b'$' && quote.interpolates())
+                    })
+                    .unwrap_or(rest.len());
+                if run > 0 {
+                    // `run` stops at an ASCII byte or the end: a char boundary.
+                    let text = &rest[..run];
+                    literal.push_str(text);
+                    self.offset += run;
+                    let width = u32::try_from(text.chars().count()).unwrap_or(u32::MAX);
+                    self.pos.column = self.pos.column.saturating_add(width);
+                    continue;
+                }
+            }
             if self.rest().starts_with(quote.delimiter()) {
                 // One past the last character is the closing quote.
                 let at = self.pos;
