@@ -8,6 +8,7 @@ pub mod local;
 pub mod memory_jobs;
 pub mod memory_templates;
 pub mod memory_workers;
+pub mod source;
 pub mod template_file;
 
 pub use clock::SystemClock;
