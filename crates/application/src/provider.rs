@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use hodei_domain::pipeline::Segment;
+use hodei_domain::pipeline::{AgentKind, Segment};
 use hodei_domain::{JobId, WorkerId};
 
 use crate::worker_link::WorkerLink;
@@ -79,6 +79,16 @@ pub trait WorkerProvider: Send + Sync {
     /// to the segment; the pipeline runner relies on this.
     async fn acquire(&self, request: SegmentRequest)
     -> Result<Arc<dyn WorkerLink>, ProvisionError>;
+
+    /// Whether a worker for `agent` can be had at all (a template or a
+    /// registered static worker matches), without creating anything: a
+    /// submission is refused at plan time with the reason when not. Caps
+    /// that are reached do not count: they only make the segment wait. The
+    /// default says yes.
+    async fn check(&self, agent: &AgentKind) -> Result<(), ProvisionError> {
+        let _ = agent;
+        Ok(())
+    }
 
     /// Gives a worker back after its segment: an ephemeral worker is told to
     /// stop and its backend object deleted right away. Never fails: a

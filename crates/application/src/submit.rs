@@ -1,0 +1,1028 @@
+//! [`CreateAndExecuteJob`]: the use case behind "submit a pipeline".
+//!
+//! A [`Submission`] is parsed and validated (every error as
+//! `FILE:LINE:COL: message`), planned into agent segments, and each segment's
+//! agent is checked against what the [`WorkerProvider`] can offer (templates
+//! and static workers) so that a pipeline no worker can ever run is refused
+//! at once, with the reason, instead of failing later. The job is then
+//! stored, a [`DomainEvent::JobQueued`] published, and the
+//! [`PipelineRunner`] started in its own task.
+//!
+//! While the job runs, everything that happens to it is recorded in its
+//! *journal*: a numbered list of [`JobUpdate`]s (status changes, stage
+//! starts and ends, log chunks, worker provisioning). Log chunks are also
+//! appended to the [`JobRepository`] in order, and stage and job transitions
+//! are published as domain events. A watcher ([`CreateAndExecuteJob::watch`])
+//! gets the journal from any position and then the live tail, so one that
+//! joins late misses nothing.
+//!
+//! A job ends `Succeeded`, `Failed` (with the first failure's reason),
+//! `Aborted` (cancelled, with the canceller's reason) or `TimedOut` (the
+//! pipeline's `options { timeout }` or the server's global job timeout).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hodei_domain::pipeline::{self, Diagnostic, PipelineError};
+use hodei_domain::{DomainEvent, Job, JobId, JobStatus, StageResult, Timestamp, WorkerId};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::events::EventPublisher;
+use crate::id_generator::IdGenerator;
+use crate::jobs::{JobRepository, JobRepositoryError, LogChunk};
+use crate::provider::{ProvisionError, WorkerProvider};
+use crate::runner::{
+    JobContext, PipelineRunner, ProvisionPhase, RunEvent, RunOutput, RunRequest, RunStatus,
+    RunnerConfig, StageStatus,
+};
+use crate::worker_link::LogStream;
+
+/// A pipeline to run, as a client submits it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Submission {
+    /// The job's name (`JOB_NAME`); build numbers count per name.
+    pub name: String,
+    /// The pipeline file's name, used in error messages (`Jenkinsfile`).
+    pub file: String,
+    /// The pipeline text.
+    pub pipeline: String,
+    /// Parameters given with the submission (`params`); they win over
+    /// `environment` in the steps' environment.
+    pub parameters: BTreeMap<String, String>,
+    /// Extra environment for every step.
+    pub environment: BTreeMap<String, String>,
+    /// The workspace source as an uncompressed tar archive; empty for none.
+    pub source: Vec<u8>,
+    /// The branch being built (`BRANCH_NAME`, `when { branch }`).
+    pub branch: Option<String>,
+}
+
+impl fmt::Debug for Submission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Submission")
+            .field("name", &self.name)
+            .field("file", &self.file)
+            .field("pipeline_bytes", &self.pipeline.len())
+            .field("parameters", &self.parameters.keys().collect::<Vec<_>>())
+            .field("source_bytes", &self.source.len())
+            .field("branch", &self.branch)
+            .finish()
+    }
+}
+
+/// What a successful submission returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    /// The new job.
+    pub job_id: JobId,
+    /// Its build number.
+    pub build_number: u64,
+}
+
+/// Why a job operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    /// The job name is empty or has control characters.
+    #[error("job name {0:?}: expected a non-empty name without control characters")]
+    InvalidName(String),
+    /// The pipeline has errors; the message lists each as
+    /// `FILE:LINE:COL: message`.
+    #[error("{0}")]
+    Invalid(#[from] PipelineError),
+    /// An agent of the pipeline can never get a worker.
+    #[error("{file}:{line}:{column}: {source}")]
+    Unsatisfiable {
+        /// The pipeline file.
+        file: String,
+        /// Line of the `agent` directive.
+        line: u32,
+        /// Column of the `agent` directive.
+        column: u32,
+        /// Why no worker can be had, listing every template's reason.
+        source: ProvisionError,
+    },
+    /// No job has this id.
+    #[error("no job with id \"{0}\"")]
+    NotFound(JobId),
+    /// The job store failed.
+    #[error(transparent)]
+    Store(#[from] JobRepositoryError),
+    /// The server is shutting down and takes no new jobs.
+    #[error("the server is shutting down and takes no new jobs")]
+    ShuttingDown,
+}
+
+/// How a provisioning step went, as recorded in the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerPhase {
+    /// A worker was asked for.
+    Requested,
+    /// The worker is connected and has the workspace.
+    Ready,
+    /// No worker could be had.
+    Failed,
+    /// The worker was given back (an ephemeral one is destroyed).
+    Released,
+}
+
+impl WorkerPhase {
+    /// Lower-case name (`requested`, `ready`, `failed`, `released`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerPhase::Requested => "requested",
+            WorkerPhase::Ready => "ready",
+            WorkerPhase::Failed => "failed",
+            WorkerPhase::Released => "released",
+        }
+    }
+}
+
+/// What one journal entry says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateKind {
+    /// The job's status changed.
+    Status(JobStatus),
+    /// A stage started.
+    StageStarted {
+        /// The stage.
+        stage: String,
+    },
+    /// A stage ended.
+    StageFinished {
+        /// The stage.
+        stage: String,
+        /// How.
+        result: StageResult,
+        /// Why, when it did not succeed.
+        message: String,
+    },
+    /// Output: of a step, or a line of the runner's own (stage headers,
+    /// `echo`, errors) with stream [`LogStream::System`].
+    Log {
+        /// The stage it belongs to (empty outside stages).
+        stage: String,
+        /// The step that produced it; `None` for the runner's lines.
+        step_id: Option<String>,
+        /// Which stream.
+        stream: LogStream,
+        /// The bytes (runner lines end with a newline).
+        data: Vec<u8>,
+    },
+    /// A worker's provisioning progress.
+    Worker {
+        /// The agent segment it is for (numbered from 1).
+        segment: String,
+        /// The agent, as written.
+        agent: String,
+        /// The worker, once known.
+        worker: Option<WorkerId>,
+        /// What happened.
+        phase: WorkerPhase,
+        /// The reason of a failure.
+        message: String,
+    },
+}
+
+/// One numbered entry of a job's journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobUpdate {
+    /// Position in the journal, from 0, without gaps.
+    pub seq: u64,
+    /// When it happened.
+    pub at: Timestamp,
+    /// What happened.
+    pub kind: UpdateKind,
+}
+
+/// A stage as seen so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageSummary {
+    /// The stage name.
+    pub name: String,
+    /// How it ended; `None` while it runs.
+    pub result: Option<StageResult>,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// When it ended.
+    pub finished_at: Option<Timestamp>,
+}
+
+/// Tuning of the use case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobsConfig {
+    /// Longest a job may run, whatever its pipeline says; `None` for no
+    /// limit. A job past it ends `TimedOut`.
+    pub job_timeout: Option<Duration>,
+    /// The pipeline runner's tuning.
+    pub runner: RunnerConfig,
+    /// Journals of finished jobs kept in memory for watchers; older ones
+    /// are rebuilt from the repository (status and logs) when watched.
+    pub kept_journals: usize,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            job_timeout: None,
+            runner: RunnerConfig::default(),
+            kept_journals: 256,
+        }
+    }
+}
+
+/// The ports the use case drives.
+#[derive(Clone)]
+pub struct JobPorts {
+    /// Jobs and their logs.
+    pub jobs: Arc<dyn JobRepository>,
+    /// Where job events go.
+    pub events: Arc<dyn EventPublisher>,
+    /// Time and timers.
+    pub clock: Arc<dyn Clock>,
+    /// Job ids.
+    pub ids: Arc<dyn IdGenerator>,
+    /// Workers for agent segments (the `EphemeralWorkerManager`).
+    pub provider: Arc<dyn WorkerProvider>,
+}
+
+impl fmt::Debug for JobPorts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobPorts").finish_non_exhaustive()
+    }
+}
+
+/// Submits pipelines and runs them; see the module documentation.
+#[derive(Debug, Clone)]
+pub struct CreateAndExecuteJob {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: JobsConfig,
+    ports: JobPorts,
+    runner: PipelineRunner,
+    journals: Mutex<Journals>,
+    running: Mutex<HashMap<JobId, Running>>,
+    waiting_segments: AtomicI64,
+    closed: AtomicBool,
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreateAndExecuteJob")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Journals {
+    by_job: HashMap<JobId, Arc<Journal>>,
+    finished: VecDeque<JobId>,
+}
+
+struct Running {
+    cancel: CancellationToken,
+    reason: Arc<Mutex<Option<String>>>,
+    task: Option<JoinHandle<()>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl CreateAndExecuteJob {
+    /// The use case driving `ports` as `config` says.
+    pub fn new(config: JobsConfig, ports: JobPorts) -> Self {
+        let runner = PipelineRunner::new(ports.provider.clone(), config.runner.clone());
+        CreateAndExecuteJob {
+            inner: Arc::new(Inner {
+                config,
+                ports,
+                runner,
+                journals: Mutex::new(Journals::default()),
+                running: Mutex::new(HashMap::new()),
+                waiting_segments: AtomicI64::new(0),
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Validates, plans, checks and stores the submission, then starts it.
+    /// Returns as soon as the job is queued.
+    ///
+    /// # Errors
+    /// [`JobsError::InvalidName`], [`JobsError::Invalid`] (every pipeline
+    /// error), [`JobsError::Unsatisfiable`] (an agent no template or static
+    /// worker can serve), [`JobsError::Store`], [`JobsError::ShuttingDown`].
+    /// Nothing is stored when one is returned.
+    pub async fn submit(&self, submission: Submission) -> Result<Submitted, JobsError> {
+        Inner::submit(&self.inner, submission).await
+    }
+
+    /// The job's journal from position `from`, then its live tail until the
+    /// job ends.
+    ///
+    /// # Errors
+    /// [`JobsError::NotFound`] for an unknown job; [`JobsError::Store`].
+    pub async fn watch(&self, job: &JobId, from: u64) -> Result<JobWatch, JobsError> {
+        let journal = self.inner.journal_or_rebuild(job).await?;
+        let changed = journal.changed.subscribe();
+        Ok(JobWatch {
+            journal,
+            next: from,
+            changed,
+        })
+    }
+
+    /// The job's stages as far as they ran (empty for a job whose journal
+    /// is no longer kept).
+    pub fn stages(&self, job: &JobId) -> Vec<StageSummary> {
+        let journal = lock(&self.inner.journals).by_job.get(job).cloned();
+        journal.map(|j| j.stages()).unwrap_or_default()
+    }
+
+    /// Cancels a job: its running steps are killed, `post` blocks run, its
+    /// workers are destroyed and it ends `Aborted` with `reason`. Returns
+    /// the job's status at the time of the call (a job that already ended
+    /// keeps its final status).
+    ///
+    /// # Errors
+    /// [`JobsError::NotFound`]; [`JobsError::Store`].
+    pub async fn cancel(&self, job: &JobId, reason: &str) -> Result<JobStatus, JobsError> {
+        let stored = self
+            .inner
+            .ports
+            .jobs
+            .find_by_id(job)
+            .await?
+            .ok_or_else(|| JobsError::NotFound(job.clone()))?;
+        if stored.status().is_final() {
+            return Ok(stored.status().clone());
+        }
+        if let Some(running) = lock(&self.inner.running).get(job) {
+            let mut slot = lock(&running.reason);
+            if slot.is_none() {
+                *slot = Some(if reason.is_empty() {
+                    "cancelled".to_owned()
+                } else {
+                    reason.to_owned()
+                });
+            }
+            running.cancel.cancel();
+        }
+        Ok(stored.status().clone())
+    }
+
+    /// Waits until the job has ended and returns its final status.
+    ///
+    /// # Errors
+    /// [`JobsError::NotFound`]; [`JobsError::Store`].
+    pub async fn wait(&self, job: &JobId) -> Result<JobStatus, JobsError> {
+        let mut watch = self.watch(job, 0).await?;
+        let mut last = None;
+        while let Some(update) = watch.next().await {
+            if let UpdateKind::Status(status) = update.kind {
+                last = Some(status);
+            }
+        }
+        match last {
+            Some(status) if status.is_final() => Ok(status),
+            _ => {
+                let stored = self.inner.ports.jobs.find_by_id(job).await?;
+                stored
+                    .map(|j| j.status().clone())
+                    .ok_or_else(|| JobsError::NotFound(job.clone()))
+            }
+        }
+    }
+
+    /// Jobs started and not ended yet.
+    pub fn running_jobs(&self) -> Vec<JobId> {
+        let mut ids: Vec<JobId> = lock(&self.inner.running).keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Agent segments waiting for a worker right now (the queue depth).
+    pub fn waiting_segments(&self) -> u64 {
+        self.inner
+            .waiting_segments
+            .load(Ordering::Relaxed)
+            .max(0)
+            .unsigned_abs()
+    }
+
+    /// Takes no new jobs, cancels every running one with `reason` and waits
+    /// for them to end (their workers released).
+    pub async fn shutdown(&self, reason: &str) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let tasks: Vec<(JobId, JoinHandle<()>)> = {
+            let mut running = lock(&self.inner.running);
+            running
+                .iter_mut()
+                .filter_map(|(id, r)| {
+                    let mut slot = lock(&r.reason);
+                    if slot.is_none() {
+                        *slot = Some(reason.to_owned());
+                    }
+                    r.cancel.cancel();
+                    r.task.take().map(|t| (id.clone(), t))
+                })
+                .collect()
+        };
+        for (id, task) in tasks {
+            if let Err(e) = task.await {
+                tracing::error!(job = %id, error = %e, "job task failed");
+            }
+        }
+    }
+}
+
+impl Inner {
+    async fn submit(self: &Arc<Self>, submission: Submission) -> Result<Submitted, JobsError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(JobsError::ShuttingDown);
+        }
+        let name = submission.name.trim().to_owned();
+        if name.is_empty() || name.chars().any(char::is_control) {
+            return Err(JobsError::InvalidName(submission.name));
+        }
+        let file = if submission.file.is_empty() {
+            "Jenkinsfile".to_owned()
+        } else {
+            submission.file.clone()
+        };
+        let pipeline = pipeline::parse(&file, &submission.pipeline).into_result()?;
+        let plan = pipeline::plan(&pipeline).map_err(|diagnostics| invalid(&file, diagnostics))?;
+        for segment in &plan.segments {
+            if let Err(source) = self.ports.provider.check(&segment.agent.kind).await {
+                return Err(JobsError::Unsatisfiable {
+                    file,
+                    line: segment.agent.pos.line,
+                    column: segment.agent.pos.column,
+                    source,
+                });
+            }
+        }
+        let previous = self.previous_result(&name).await;
+        let build_number = self.ports.jobs.next_build_number(&name).await?;
+        let id = self.ports.ids.new_job_id();
+        let now = self.ports.clock.now();
+        let job = Job::new(id.clone(), &name, build_number, submission.pipeline, now)
+            .with_parameters(submission.parameters.clone())
+            .with_environment(submission.environment.clone());
+        self.ports.jobs.save(job.clone()).await?;
+        let journal = Arc::new(Journal::new());
+        journal.push(now, UpdateKind::Status(JobStatus::Queued));
+        lock(&self.journals)
+            .by_job
+            .insert(id.clone(), journal.clone());
+        tracing::info!(job = %id, name = %name, build_number, "job queued");
+        self.ports
+            .events
+            .publish(DomainEvent::JobQueued {
+                job: id.clone(),
+                name: name.clone(),
+                build_number,
+            })
+            .await;
+
+        let mut parameters = submission.environment;
+        parameters.extend(submission.parameters);
+        let request = RunRequest {
+            job: JobContext {
+                job_id: id.clone(),
+                job_name: name,
+                build_number,
+                branch: submission.branch,
+                parameters,
+            },
+            pipeline: Arc::new(pipeline),
+            plan: Arc::new(plan),
+            source: Arc::from(submission.source),
+            skip_checkout: false,
+            previous_result: previous,
+            secrets: Arc::new(BTreeMap::<String, String>::new()),
+        };
+        let cancel = CancellationToken::new();
+        let reason = Arc::new(Mutex::new(None));
+        // Registered before the task starts, so a cancel right after submit
+        // is never lost.
+        lock(&self.running).insert(
+            id.clone(),
+            Running {
+                cancel: cancel.clone(),
+                reason: reason.clone(),
+                task: None,
+            },
+        );
+        let inner = self.clone();
+        let task = tokio::spawn(async move {
+            inner.execute(job, request, journal, cancel, reason).await;
+        });
+        if let Some(running) = lock(&self.running).get_mut(&id) {
+            running.task = Some(task);
+        }
+        Ok(Submitted {
+            job_id: id,
+            build_number,
+        })
+    }
+
+    /// The result of the last build with this name, for `post { changed }`.
+    async fn previous_result(&self, name: &str) -> Option<pipeline::BuildResult> {
+        let filter = crate::jobs::JobFilter {
+            name: Some(name.to_owned()),
+            limit: Some(1),
+            ..Default::default()
+        };
+        let last = self
+            .ports
+            .jobs
+            .list(&filter)
+            .await
+            .ok()?
+            .into_iter()
+            .next()?;
+        Some(match last.status() {
+            JobStatus::Succeeded => pipeline::BuildResult::Success,
+            JobStatus::Failed { .. } => pipeline::BuildResult::Failure,
+            JobStatus::Aborted { .. } | JobStatus::TimedOut => pipeline::BuildResult::Aborted,
+            JobStatus::Queued | JobStatus::Running => return None,
+        })
+    }
+
+    async fn execute(
+        self: Arc<Self>,
+        mut job: Job,
+        request: RunRequest,
+        journal: Arc<Journal>,
+        cancel: CancellationToken,
+        reason: Arc<Mutex<Option<String>>>,
+    ) {
+        let id = job.id().clone();
+        let (pump_tx, pump_rx) = mpsc::unbounded_channel();
+        let pump = tokio::spawn(pump(
+            id.clone(),
+            self.ports.jobs.clone(),
+            self.ports.events.clone(),
+            pump_rx,
+        ));
+        let output = Arc::new(JobOutput {
+            job: id.clone(),
+            journal: journal.clone(),
+            clock: self.ports.clock.clone(),
+            pump: pump_tx,
+            inner: Arc::downgrade(&self),
+            waiting: Mutex::new(HashMap::new()),
+        });
+
+        let status = if cancel.is_cancelled() {
+            let why = lock(&reason).clone().unwrap_or_else(|| "cancelled".into());
+            JobStatus::Aborted { reason: why }
+        } else {
+            self.start(&mut job, &journal).await;
+            let timed_out = Arc::new(AtomicBool::new(false));
+            let timer = self.config.job_timeout.map(|limit| {
+                let clock = self.ports.clock.clone();
+                let cancel = cancel.clone();
+                let timed_out = timed_out.clone();
+                tokio::spawn(async move {
+                    clock.sleep(limit).await;
+                    timed_out.store(true, Ordering::SeqCst);
+                    cancel.cancel();
+                })
+            });
+            let result = self
+                .runner
+                .run(request, output.clone(), cancel.clone())
+                .await;
+            if let Some(timer) = timer {
+                timer.abort();
+            }
+            if timed_out.load(Ordering::SeqCst) {
+                JobStatus::TimedOut
+            } else {
+                match result.status {
+                    RunStatus::Success => JobStatus::Succeeded,
+                    RunStatus::Failure { reason, .. } => JobStatus::Failed { reason },
+                    RunStatus::Aborted {
+                        reason: runner_reason,
+                    } => JobStatus::Aborted {
+                        reason: lock(&reason).clone().unwrap_or(runner_reason),
+                    },
+                    RunStatus::TimedOut { .. } => JobStatus::TimedOut,
+                }
+            }
+        };
+        output.settle();
+        drop(output);
+        if let Err(e) = pump.await {
+            tracing::error!(job = %id, error = %e, "log writer failed");
+        }
+        self.finish(job, status, &journal).await;
+        lock(&self.running).remove(&id);
+    }
+
+    async fn start(&self, job: &mut Job, journal: &Journal) {
+        let now = self.ports.clock.now();
+        if let Err(e) = job.start(now) {
+            tracing::error!(job = %job.id(), error = %e, "job record out of step");
+        }
+        if let Err(e) = self.ports.jobs.save(job.clone()).await {
+            tracing::error!(job = %job.id(), error = %e, "cannot record job start");
+        }
+        journal.push(now, UpdateKind::Status(JobStatus::Running));
+        self.ports
+            .events
+            .publish(DomainEvent::JobStarted {
+                job: job.id().clone(),
+            })
+            .await;
+    }
+
+    async fn finish(&self, mut job: Job, status: JobStatus, journal: &Journal) {
+        let now = self.ports.clock.now();
+        let id = job.id().clone();
+        if let Err(e) = job.finish(status.clone(), now) {
+            tracing::error!(job = %id, error = %e, "job record out of step");
+        }
+        if let Err(e) = self.ports.jobs.save(job).await {
+            tracing::error!(job = %id, error = %e, "cannot record job end");
+        }
+        tracing::info!(job = %id, %status, "job finished");
+        journal.push(now, UpdateKind::Status(status.clone()));
+        journal.close();
+        self.ports
+            .events
+            .publish(DomainEvent::JobFinished {
+                job: id.clone(),
+                status,
+            })
+            .await;
+        let mut journals = lock(&self.journals);
+        journals.finished.push_back(id);
+        while journals.finished.len() > self.config.kept_journals {
+            if let Some(old) = journals.finished.pop_front() {
+                journals.by_job.remove(&old);
+            }
+        }
+    }
+
+    /// The job's journal; for a job whose journal is no longer kept, one
+    /// rebuilt from the repository (its stored logs and current status).
+    async fn journal_or_rebuild(&self, id: &JobId) -> Result<Arc<Journal>, JobsError> {
+        if let Some(journal) = lock(&self.journals).by_job.get(id).cloned() {
+            return Ok(journal);
+        }
+        let job = self
+            .ports
+            .jobs
+            .find_by_id(id)
+            .await?
+            .ok_or_else(|| JobsError::NotFound(id.clone()))?;
+        let journal = Journal::new();
+        journal.push(job.created_at(), UpdateKind::Status(JobStatus::Queued));
+        if let Some(started) = job.started_at() {
+            journal.push(started, UpdateKind::Status(JobStatus::Running));
+        }
+        let mut from = 0;
+        loop {
+            let page = self.ports.jobs.read_logs(id, from, 1024).await?;
+            let Some(last) = page.last() else { break };
+            from = last.seq + 1;
+            for entry in page {
+                journal.push(
+                    entry.chunk.at,
+                    UpdateKind::Log {
+                        stage: String::new(),
+                        step_id: entry.chunk.step_id,
+                        stream: entry.chunk.stream,
+                        data: entry.chunk.data,
+                    },
+                );
+            }
+        }
+        if job.status().is_final() {
+            let at = job.finished_at().unwrap_or(job.created_at());
+            journal.push(at, UpdateKind::Status(job.status().clone()));
+            journal.close();
+        }
+        Ok(Arc::new(journal))
+    }
+}
+
+fn invalid(file: &str, diagnostics: Vec<Diagnostic>) -> JobsError {
+    JobsError::Invalid(PipelineError::Invalid {
+        file: file.to_owned(),
+        diagnostics,
+    })
+}
+
+/// Writes log chunks to the repository and publishes events, in the order
+/// the runner produced them.
+async fn pump(
+    job: JobId,
+    jobs: Arc<dyn JobRepository>,
+    events: Arc<dyn EventPublisher>,
+    mut rx: mpsc::UnboundedReceiver<Pumped>,
+) {
+    let mut store_failed = false;
+    while let Some(item) = rx.recv().await {
+        match item {
+            Pumped::Log(chunk) => {
+                if let Err(e) = jobs.append_log(&job, chunk).await
+                    && !store_failed
+                {
+                    store_failed = true;
+                    tracing::error!(job = %job, error = %e, "cannot store log; later failures not reported");
+                }
+            }
+            Pumped::Event(event) => events.publish(event).await,
+        }
+    }
+}
+
+enum Pumped {
+    Log(LogChunk),
+    Event(DomainEvent),
+}
+
+/// A job's journal: numbered updates and a signal when one is added.
+struct Journal {
+    state: Mutex<JournalState>,
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct JournalState {
+    updates: Vec<JobUpdate>,
+    closed: bool,
+}
+
+impl Journal {
+    fn new() -> Self {
+        Journal {
+            state: Mutex::new(JournalState::default()),
+            changed: watch::Sender::new(0),
+        }
+    }
+
+    fn push(&self, at: Timestamp, kind: UpdateKind) {
+        let len = {
+            let mut state = lock(&self.state);
+            if state.closed {
+                return;
+            }
+            let seq = state.updates.len() as u64;
+            state.updates.push(JobUpdate { seq, at, kind });
+            seq + 1
+        };
+        self.changed.send_replace(len);
+    }
+
+    fn close(&self) {
+        let len = {
+            let mut state = lock(&self.state);
+            state.closed = true;
+            state.updates.len() as u64
+        };
+        self.changed.send_replace(len);
+    }
+
+    fn stages(&self) -> Vec<StageSummary> {
+        let state = lock(&self.state);
+        let mut stages: Vec<StageSummary> = Vec::new();
+        for update in &state.updates {
+            match &update.kind {
+                UpdateKind::StageStarted { stage }
+                    if !stages
+                        .iter()
+                        .any(|s| &s.name == stage && s.result.is_none()) =>
+                {
+                    stages.push(StageSummary {
+                        name: stage.clone(),
+                        result: None,
+                        started_at: update.at,
+                        finished_at: None,
+                    });
+                }
+                UpdateKind::StageFinished { stage, result, .. } => {
+                    match stages
+                        .iter_mut()
+                        .rev()
+                        .find(|s| &s.name == stage && s.result.is_none())
+                    {
+                        Some(summary) => {
+                            summary.result = Some(*result);
+                            summary.finished_at = Some(update.at);
+                        }
+                        None => stages.push(StageSummary {
+                            name: stage.clone(),
+                            result: Some(*result),
+                            started_at: update.at,
+                            finished_at: Some(update.at),
+                        }),
+                    }
+                }
+                _ => {}
+            }
+        }
+        stages
+    }
+}
+
+/// A watcher of one job: the journal from a position, then the live tail.
+pub struct JobWatch {
+    journal: Arc<Journal>,
+    next: u64,
+    changed: watch::Receiver<u64>,
+}
+
+impl fmt::Debug for JobWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobWatch")
+            .field("next", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobWatch {
+    /// The next update; `None` once the job has ended and every update was
+    /// returned.
+    pub async fn next(&mut self) -> Option<JobUpdate> {
+        loop {
+            self.changed.borrow_and_update();
+            {
+                let state = lock(&self.journal.state);
+                if let Some(update) = usize::try_from(self.next)
+                    .ok()
+                    .and_then(|i| state.updates.get(i))
+                {
+                    self.next += 1;
+                    return Some(update.clone());
+                }
+                if state.closed {
+                    return None;
+                }
+            }
+            if self.changed.changed().await.is_err() {
+                let state = lock(&self.journal.state);
+                let i = usize::try_from(self.next).ok()?;
+                let update = state.updates.get(i).cloned();
+                self.next += u64::from(update.is_some());
+                return update;
+            }
+        }
+    }
+}
+
+/// Receives the runner's events for one job.
+struct JobOutput {
+    job: JobId,
+    journal: Arc<Journal>,
+    clock: Arc<dyn Clock>,
+    pump: mpsc::UnboundedSender<Pumped>,
+    inner: std::sync::Weak<Inner>,
+    /// Segments whose worker was requested and is not ready yet.
+    waiting: Mutex<HashMap<String, ()>>,
+}
+
+impl JobOutput {
+    fn log(&self, stage: &str, step_id: Option<&str>, stream: LogStream, data: Vec<u8>) {
+        let at = self.clock.now();
+        let _ = self.pump.send(Pumped::Log(LogChunk {
+            at,
+            step_id: step_id.map(str::to_owned),
+            stream,
+            data: data.clone(),
+        }));
+        self.journal.push(
+            at,
+            UpdateKind::Log {
+                stage: stage.to_owned(),
+                step_id: step_id.map(str::to_owned),
+                stream,
+                data,
+            },
+        );
+    }
+
+    fn waiting_delta(&self, delta: i64) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.waiting_segments.fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+
+    /// Segments still counted as waiting when the run ends stop counting.
+    fn settle(&self) {
+        let left = lock(&self.waiting).drain().count();
+        self.waiting_delta(-(left as i64));
+    }
+}
+
+impl RunOutput for JobOutput {
+    fn event(&self, event: RunEvent<'_>) {
+        let now = self.clock.now();
+        match event {
+            RunEvent::StageStarted { stage } => {
+                self.journal.push(
+                    now,
+                    UpdateKind::StageStarted {
+                        stage: stage.to_owned(),
+                    },
+                );
+                let _ = self.pump.send(Pumped::Event(DomainEvent::StageStarted {
+                    job: self.job.clone(),
+                    stage: stage.to_owned(),
+                }));
+            }
+            RunEvent::StageFinished { stage, status } => {
+                let (result, message) = stage_result(status);
+                self.journal.push(
+                    now,
+                    UpdateKind::StageFinished {
+                        stage: stage.to_owned(),
+                        result,
+                        message,
+                    },
+                );
+                let _ = self.pump.send(Pumped::Event(DomainEvent::StageFinished {
+                    job: self.job.clone(),
+                    stage: stage.to_owned(),
+                    result,
+                }));
+            }
+            RunEvent::StepStarted { .. } | RunEvent::StepFinished { .. } => {}
+            RunEvent::Log {
+                stage,
+                step_id,
+                stream,
+                data,
+            } => self.log(stage, Some(step_id), stream, data.to_vec()),
+            RunEvent::System { stage, line } => {
+                let mut data = line.as_bytes().to_vec();
+                data.push(b'\n');
+                self.log(stage, None, LogStream::System, data);
+            }
+            RunEvent::Provisioning {
+                segment,
+                agent,
+                phase,
+            } => {
+                let key = segment.to_string();
+                let (worker, phase, message) = match phase {
+                    ProvisionPhase::Requested => {
+                        if lock(&self.waiting).insert(key.clone(), ()).is_none() {
+                            self.waiting_delta(1);
+                        }
+                        (None, WorkerPhase::Requested, String::new())
+                    }
+                    ProvisionPhase::Ready { worker } => {
+                        if lock(&self.waiting).remove(&key).is_some() {
+                            self.waiting_delta(-1);
+                        }
+                        (Some(worker.clone()), WorkerPhase::Ready, String::new())
+                    }
+                    ProvisionPhase::Failed { reason } => {
+                        if lock(&self.waiting).remove(&key).is_some() {
+                            self.waiting_delta(-1);
+                        }
+                        (None, WorkerPhase::Failed, reason.to_owned())
+                    }
+                    ProvisionPhase::Released { worker } => {
+                        (Some(worker.clone()), WorkerPhase::Released, String::new())
+                    }
+                };
+                self.journal.push(
+                    now,
+                    UpdateKind::Worker {
+                        segment: key,
+                        agent: agent.to_owned(),
+                        worker,
+                        phase,
+                        message,
+                    },
+                );
+            }
+        }
+    }
+}
+
+fn stage_result(status: &StageStatus) -> (StageResult, String) {
+    match status {
+        StageStatus::Success => (StageResult::Success, String::new()),
+        StageStatus::Failure { reason, .. } => (StageResult::Failure, reason.clone()),
+        StageStatus::Aborted { reason } => (StageResult::Aborted, reason.clone()),
+        StageStatus::Skipped(why) => (StageResult::Skipped, format!("skipped due to {why}")),
+    }
+}
