@@ -12,6 +12,7 @@ pub mod manager;
 pub mod orchestrator;
 pub mod provider;
 pub mod runner;
+pub mod submit;
 pub mod templates;
 pub mod worker_link;
 pub mod workers;
