@@ -4,6 +4,7 @@
 //! hanging.
 
 mod fake;
+mod prop;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
