@@ -1069,6 +1069,22 @@ mod no_panic {
 
     fn lint_and_plan(source: &str) {
         let parsed = parse("fuzz", source);
+        // Every diagnostic points into the file.
+        let lines = source.split('\n').count() as u32;
+        for d in &parsed.diagnostics {
+            assert!(
+                d.line >= 1 && d.line <= lines && d.column >= 1,
+                "{d} outside the file"
+            );
+            let line_len = source
+                .split('\n')
+                .nth(d.line as usize - 1)
+                .map_or(0, |l| l.chars().count());
+            assert!(
+                d.column as usize <= line_len + 1,
+                "{d} past the end of its line"
+            );
+        }
         if let Some(pipeline) = parsed.pipeline {
             plan(&pipeline).expect("a pipeline returned by parse can always be planned");
         }
