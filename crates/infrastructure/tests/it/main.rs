@@ -1,3 +1,4 @@
 //! Integration tests of the infrastructure adapters, with real processes.
 
 mod local;
+mod manager;
