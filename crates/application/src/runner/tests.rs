@@ -1343,3 +1343,65 @@ pipeline {
     assert_eq!(*out.stage("After"), StageStatus::Success);
     assert_eq!(out.fake.steps().len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_examples_run() {
+    let out = run(include_str!("../../../../examples/hello/Jenkinsfile")).await;
+    assert_eq!(out.result.status, RunStatus::Success);
+    assert!(out.output.has("system Hello: Hello from Hodei"));
+
+    let out = run(include_str!("../../../../examples/seed/Jenkinsfile")).await;
+    assert_eq!(out.result.status, RunStatus::Success);
+    assert!(out.output.has("system : pipeline finished"));
+    let scripts: Vec<_> = out.fake.steps().into_iter().map(|(_, s)| s).collect();
+    assert!(
+        scripts.contains(&"docker build -t myapp:7 .".to_string()),
+        "{scripts:?}"
+    );
+
+    let text = include_str!("../../../../examples/parallel/Jenkinsfile");
+    let out = run(text).await;
+    assert_eq!(out.result.status, RunStatus::Success);
+    assert_eq!(
+        *out.stage("Release"),
+        StageStatus::Skipped(SkipReason::When)
+    );
+    // Four branches on four workers; Release's worker is acquired for its
+    // `when` (no beforeAgent) and released.
+    let acquired = out
+        .fake
+        .log()
+        .iter()
+        .filter(|l| l.starts_with("acquire"))
+        .count();
+    assert_eq!(acquired, 5);
+    let out = run_with(text, |r| r.job.branch = Some("release-2.0".into())).await;
+    assert_eq!(*out.stage("Release"), StageStatus::Success);
+
+    let out = run(include_str!(
+        "../../../../examples/post-failure/Jenkinsfile"
+    ))
+    .await;
+    assert_eq!(
+        out.result.status,
+        failure("script returned exit code 1", Some(1))
+    );
+    for line in [
+        "system Test: stage Test failed, see report.txt",
+        "system : the pipeline failed",
+        "system : always runs",
+    ] {
+        assert!(out.output.has(line), "{line}");
+    }
+    assert!(!out.output.has("system : not printed"));
+    let scripts: Vec<_> = out.fake.steps().into_iter().map(|(_, s)| s).collect();
+    assert_eq!(
+        scripts,
+        [
+            "write report.txt: tests: 3 passed, 1 failed\n",
+            "cat \"$REPORT\"; exit 1",
+            "echo \"result is not success\"",
+            "rm -f \"$REPORT\""
+        ]
+    );
+}

@@ -2,7 +2,7 @@
 //! their script says, recording every call.
 //!
 //! Scripts:
-//! - `exit N`: ends with exit code N;
+//! - `exit N`: ends with exit code N (so does any script ending in `exit N`);
 //! - `hang`: runs until cancelled;
 //! - `await X`: waits until a step with script `X` has started, then passes;
 //! - `after X exit N`: waits until a step with script `X` has started, then
@@ -312,6 +312,10 @@ impl WorkerLink for FakeLink {
                     Ok(StepOutcome::Cancelled)
                 }
             }
+            [.., "exit", code] => Ok(match code.parse::<i32>() {
+                Ok(0) | Err(_) => StepOutcome::Success,
+                Ok(exit_code) => StepOutcome::Failed { exit_code },
+            }),
             ["gate", gate] => Ok(if fake.gate(gate, &cancel).await {
                 StepOutcome::Success
             } else {
