@@ -1405,3 +1405,27 @@ async fn the_examples_run() {
         ]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn huge_durations_do_not_overflow() {
+    let out = run(r#"
+pipeline {
+  agent any
+  options { timeout(time: 9223372036854775807, unit: 'DAYS') }
+  stages {
+    stage('S') {
+      options { timeout(time: 9223372036854775807, unit: 'HOURS') }
+      steps {
+        timeout(time: 1, unit: 'SECONDS') { sleep(time: 9223372036854775807, unit: 'DAYS') }
+      }
+    }
+  }
+}"#)
+    .await;
+    assert_eq!(
+        out.result.status,
+        RunStatus::Aborted {
+            reason: "timeout of 1 SECONDS exceeded".into()
+        }
+    );
+}
