@@ -17,9 +17,17 @@
 //!
 //! Every acquired worker is released exactly once, whatever happens: failure,
 //! cancel, timeout, a lost worker or a provisioning error. Cancellation is
-//! cooperative: a running step is cancelled with `cancel_step` and awaited,
-//! never abandoned, so the code that acquired a worker always gets to release
-//! it.
+//! cooperative: a running step is cancelled with `cancel_step` and awaited
+//! (for at most [`RunnerConfig::cancel_grace`]), a provisioning in progress
+//! is cancelled by dropping its request, and the code that acquired a worker
+//! always gets to release it. `post` blocks still run after an abort.
+//!
+//! Each step's environment is layered: the submission's parameters, then
+//! `BUILD_NUMBER`, `JOB_NAME` and `BRANCH_NAME`, then the pipeline's
+//! `environment`, the stage's, and `withEnv`; each value (and each
+//! double-quoted step argument) is expanded against the layers below it.
+//! `credentials('id')` is resolved through a [`SecretResolver`]; the values
+//! are not masked in the output.
 //!
 //! What happens is reported as [`RunEvent`]s to a [`RunOutput`] (stage
 //! headers, step logs, `echo` lines, provisioning notices) and summed up in a
