@@ -29,6 +29,10 @@
 //! A failing delete is logged and published as
 //! [`DomainEvent::WorkerDeleteFailed`], never returned: the orphan collector
 //! deletes what is left.
+//!
+//! **Orphans**: [`EphemeralWorkerManager::collect_orphans`] deletes the
+//! backend workers carrying this server's id that it does not know (not
+//! handed out, not recorded in a live state), at start and periodically.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -207,6 +211,31 @@ impl EphemeralWorkerManager {
         let mut ids: Vec<WorkerId> = lock(&self.inner.active).keys().cloned().collect();
         ids.sort();
         ids
+    }
+
+    /// Deletes the backend workers of this server (by
+    /// [`ManagerConfig::server_id`]) that it does not know: neither handed
+    /// out nor recorded in a live state. Run it at start and periodically
+    /// (see [`EphemeralWorkerManager::run_orphan_collector`]). Workers whose
+    /// deletion failed earlier (recorded as failed) are deleted again here.
+    /// Returns how many were deleted; failures are logged and published as
+    /// [`DomainEvent::WorkerDeleteFailed`].
+    ///
+    /// # Errors
+    /// The backend's error when it cannot list its workers.
+    pub async fn collect_orphans(&self) -> Result<usize, OrchestratorError> {
+        self.inner.collect_orphans().await
+    }
+
+    /// Calls [`EphemeralWorkerManager::collect_orphans`] now and then every
+    /// `interval`, forever; spawn it as a task.
+    pub async fn run_orphan_collector(&self, interval: Duration) {
+        loop {
+            if let Err(e) = self.inner.collect_orphans().await {
+                tracing::warn!(error = %e, "cannot list backend workers for orphan collection");
+            }
+            self.inner.ports.clock.sleep(interval).await;
+        }
     }
 
     /// Stops handing out workers (waiting segments get
@@ -844,6 +873,57 @@ impl Inner {
         .abort_handle()
     }
 
+    async fn collect_orphans(&self) -> Result<usize, OrchestratorError> {
+        let backend = self
+            .ports
+            .orchestrator
+            .list_workers(&self.config.server_id)
+            .await?;
+        let records = match self.ports.workers.list().await {
+            Ok(records) => records,
+            Err(e) => {
+                // Without the records nothing can be told apart: delete nothing.
+                tracing::warn!(error = %e, "cannot read worker records; no orphan collected");
+                return Ok(0);
+            }
+        };
+        let mut deleted = 0;
+        for found in backend {
+            let id = found.worker_id;
+            let record = records.iter().find(|w| *w.id() == id);
+            let live = record.is_some_and(|w| !w.state().is_ended());
+            if live || lock(&self.active).contains_key(&id) {
+                continue;
+            }
+            let reason = "not known to this server (orphan)";
+            tracing::info!(worker = %id, backend_id = %found.backend_id, "deleting orphan worker");
+            match self.ports.orchestrator.delete_worker(&id).await {
+                Ok(()) => {
+                    deleted += 1;
+                    if record.is_some()
+                        && let Err(e) = self.ports.workers.delete(&id).await
+                    {
+                        tracing::warn!(worker = %id, error = %e, "cannot forget worker record");
+                    }
+                    self.publish(DomainEvent::WorkerDestroyed {
+                        worker: id,
+                        reason: reason.to_owned(),
+                    })
+                    .await;
+                }
+                Err(e) => {
+                    tracing::error!(worker = %id, error = %e, "deleting orphan worker failed");
+                    self.publish(DomainEvent::WorkerDeleteFailed {
+                        worker: id,
+                        error: e.to_string(),
+                    })
+                    .await;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
     // ---- release ----------------------------------------------------------
 
     async fn release(&self, id: &WorkerId, reason: &str) {
@@ -1050,7 +1130,9 @@ mod tests {
     use super::*;
     use crate::events::MockEventPublisher;
     use crate::id_generator::MockIdGenerator;
-    use crate::orchestrator::{BackendState, MockWorkerOrchestrator, OneTimeToken, WorkerHandle};
+    use crate::orchestrator::{
+        BackendState, BackendWorker, MockWorkerOrchestrator, OneTimeToken, WorkerHandle,
+    };
     use crate::templates::TemplateRepositoryError;
     use crate::worker_link::{LogSink, StepOutcome, StepRequest};
     use crate::workers::MockWorkerRepository;
@@ -1221,6 +1303,7 @@ mod tests {
         delete: fn() -> Result<(), OrchestratorError>,
         connect: Connect,
         max_workers: usize,
+        backend: Vec<BackendWorker>,
     }
 
     impl Default for Scenario {
@@ -1238,6 +1321,7 @@ mod tests {
                 delete: || Ok(()),
                 connect: Connect::Now,
                 max_workers: 64,
+                backend: Vec::new(),
             }
         }
     }
@@ -1272,6 +1356,12 @@ mod tests {
         orchestrator.expect_delete_worker().returning(move |id| {
             note(&l, format!("delete {id}"));
             delete()
+        });
+        let backend = s.backend;
+        let l = log.clone();
+        orchestrator.expect_list_workers().returning(move |server| {
+            note(&l, format!("list {server}"));
+            Ok(backend.clone())
         });
         let state = s.state;
         orchestrator
@@ -2120,5 +2210,78 @@ mod tests {
             h.record("s-1").unwrap().state(),
             WorkerState::Lost { .. }
         ));
+    }
+
+    fn backend_worker(id: &str) -> BackendWorker {
+        BackendWorker {
+            worker_id: WorkerId::new(id).unwrap(),
+            job_id: None,
+            template_id: None,
+            backend_id: format!("pid-{id}"),
+            state: BackendState::Running,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn orphans_are_the_backend_workers_this_server_does_not_know() {
+        let mut failed_delete = Worker::ephemeral(
+            WorkerId::new("w-old").unwrap(),
+            "old",
+            TemplateId::new("go-build").unwrap(),
+            JobId::new("j-0").unwrap(),
+            "1",
+            Timestamp(0),
+        );
+        failed_delete
+            .transition(
+                WorkerState::Failed {
+                    reason: "deleting its backend object failed".into(),
+                },
+                Timestamp(1),
+            )
+            .unwrap();
+        let mut h = harness(Scenario {
+            idle_static: vec![failed_delete],
+            backend: ["w-1", "w-old", "w-stray"]
+                .into_iter()
+                .map(backend_worker)
+                .collect(),
+            ..Scenario::default()
+        });
+        // w-1 is handed out, so it is known.
+        h.manager
+            .acquire(request("j-1", AgentKind::Any))
+            .await
+            .unwrap();
+        h.drain_event_names();
+        assert_eq!(h.manager.collect_orphans().await.unwrap(), 2);
+        assert_eq!(h.calls("list"), ["list srv-1"]);
+        assert_eq!(h.calls("delete"), ["delete w-old", "delete w-stray"]);
+        assert_eq!(h.record("w-old"), None);
+        assert!(h.record("w-1").is_some());
+        assert_eq!(
+            h.event("worker_destroyed").await,
+            DomainEvent::WorkerDestroyed {
+                worker: WorkerId::new("w-old").unwrap(),
+                reason: "not known to this server (orphan)".into()
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_orphan_that_cannot_be_deleted_is_published() {
+        let mut h = harness(Scenario {
+            backend: vec![backend_worker("w-stray")],
+            delete: || Err(OrchestratorError::Unavailable("api server down".into())),
+            ..Scenario::default()
+        });
+        assert_eq!(h.manager.collect_orphans().await.unwrap(), 0);
+        assert_eq!(
+            h.event("worker_delete_failed").await,
+            DomainEvent::WorkerDeleteFailed {
+                worker: WorkerId::new("w-stray").unwrap(),
+                error: "worker backend unavailable: api server down".into()
+            }
+        );
     }
 }
