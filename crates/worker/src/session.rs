@@ -471,8 +471,10 @@ impl Worker {
             &assign.segment_id,
         );
         let root = self.config.workspace_root.clone();
+        let dir_name = name.clone();
         let created =
-            tokio::task::spawn_blocking(move || workspace::create_workspace(&root, &name)).await;
+            tokio::task::spawn_blocking(move || workspace::create_workspace(&root, &dir_name))
+                .await;
         let dir = match created {
             Ok(Ok(dir)) => dir,
             Ok(Err(e)) => {
@@ -509,7 +511,10 @@ impl Worker {
             self.segment = Some(segment);
             return vec![self.ready_message()];
         }
-        let tar_path = dir.with_extension("source.tar");
+        let tar_path = self
+            .config
+            .workspace_root
+            .join(format!(".{name}.source.tar"));
         match tokio::fs::File::create(&tar_path).await {
             Ok(file) => {
                 segment.download = Some(Download {

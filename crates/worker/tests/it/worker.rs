@@ -155,6 +155,38 @@ fn exit_codes_and_outcomes() {
 }
 
 #[test]
+fn large_output_arrives_whole_and_in_order() {
+    block_on(async {
+        let server = TestServer::start().await;
+        let root = tempfile::tempdir().unwrap();
+        let worker = spawn_worker(server.config("w-big", root.path()));
+        let mut conn = server.accept().await;
+        conn.assign_empty("seg").await;
+        // 200,000 numbered lines (about 1.3 MB): many chunks, nothing lost.
+        conn.sh(
+            "seg",
+            "big",
+            "i=0; while [ $i -lt 200000 ]; do echo $i; i=$((i + 1)); done",
+        )
+        .await;
+        let (output, finished) = conn.step_result("big").await;
+        assert_eq!(finished.outcome, StepOutcome::Success as i32);
+        let mut expected = 0;
+        for line in output.lines() {
+            assert_eq!(line, expected.to_string());
+            expected += 1;
+        }
+        assert_eq!(expected, 200_000);
+        conn.send(server_message::Kind::Shutdown(Shutdown {
+            reason: "end".into(),
+        }))
+        .await;
+        drop(conn);
+        outcome(worker).await.unwrap();
+    });
+}
+
+#[test]
 fn environment_dir_and_write_file() {
     block_on(async {
         let server = TestServer::start().await;
