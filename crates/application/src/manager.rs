@@ -2284,4 +2284,43 @@ mod tests {
             }
         );
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn check_answers_without_creating_anything() {
+        let h = harness(Scenario {
+            idle_static: vec![static_worker("s-win", &["windows"])],
+            ..Scenario::default()
+        });
+        let checked = |agent: AgentKind| {
+            let manager = h.manager.clone();
+            async move { manager.check(&agent).await.map_err(|e| e.to_string()) }
+        };
+        assert_eq!(checked(label("java-17")).await, Ok(()));
+        assert_eq!(checked(AgentKind::Any).await, Ok(()));
+        assert_eq!(
+            checked(label("windows")).await,
+            Ok(()),
+            "a static worker offers it"
+        );
+        assert_eq!(
+            checked(label("solaris")).await,
+            Err("no worker template matches label 'solaris': \
+                 java-maven: label expression is false: lacks solaris; \
+                 node-npm: label expression is false: lacks solaris; \
+                 docker-dind: label expression is false: lacks solaris; \
+                 python-pip: label expression is false: lacks solaris; \
+                 go-build: label expression is false: lacks solaris"
+                .to_owned())
+        );
+        assert_eq!(
+            checked(AgentKind::Template(TemplateId::new("nope").unwrap())).await,
+            Err(
+                "no worker template matches template 'nope': no template with id \"nope\"; \
+                 known templates: java-maven, node-npm, docker-dind, python-pip, go-build"
+                    .to_owned()
+            )
+        );
+        assert_eq!(h.calls("create"), Vec::<String>::new());
+        assert!(h.record("s-win").unwrap().is_idle_static());
+    }
 }
