@@ -1,7 +1,8 @@
 //! The local-process backend: each ephemeral worker is a child process of
 //! the server running the `hodei-worker` binary, in its own process group.
 //!
-//! - The child gets the server's own environment with
+//! - The child gets the server's own environment (less its `HODEI_*`
+//!   settings, which may hold secrets) with
 //!   [`WorkerSpec::worker_environment`] on top (the seed's `SERVER_HOST`,
 //!   `SERVER_PORT`, `WORKER_ID`, `WORKER_NAME`, `WORKER_CAPABILITIES`,
 //!   `EPHEMERAL_MODE=true`, and `HODEI_WORKER_TOKEN`), plus
@@ -216,6 +217,15 @@ impl LocalOrchestrator {
     }
 }
 
+/// The server's own variables that a worker (and so every step) must not
+/// inherit: its `HODEI_*` settings, which may hold secrets.
+fn server_only_variables(
+    keys: impl Iterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    keys.filter(|k| k.to_str().is_none_or(|k| k.starts_with("HODEI_")))
+        .collect()
+}
+
 /// Sends `signal` to a process group; a missing group is fine.
 fn signal_group(pgid: u32, signal: Signal) {
     if let Ok(raw) = i32::try_from(pgid)
@@ -287,6 +297,9 @@ impl WorkerOrchestrator for LocalOrchestrator {
             reason,
         };
         let mut command = tokio::process::Command::new(&self.config.worker_binary);
+        for key in server_only_variables(std::env::vars_os().map(|(k, _)| k)) {
+            command.env_remove(key);
+        }
         command
             .args(&self.config.worker_args)
             .envs(spec.worker_environment())
@@ -447,6 +460,20 @@ mod tests {
         };
         tail.push(&long);
         assert!(tail.lines[0].len() <= MAX_LINE);
+    }
+
+    #[test]
+    fn server_settings_are_not_inherited() {
+        let keys = [
+            "PATH",
+            "HOME",
+            "HODEI_GRPC_ADDR",
+            "HODEI_WORKER_TOKEN",
+            "SERVER_HOST",
+            "HODEIX",
+        ];
+        let removed = server_only_variables(keys.iter().map(std::ffi::OsString::from));
+        assert_eq!(removed, ["HODEI_GRPC_ADDR", "HODEI_WORKER_TOKEN"]);
     }
 
     #[test]
