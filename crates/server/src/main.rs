@@ -18,6 +18,8 @@ use clap::Parser;
 macro_rules! subcommands {
     ($($variant:ident => $module:ident),* $(,)?) => {
         mod cli {
+            /// Helpers shared by the client subcommands.
+            pub mod client;
             $(pub mod $module;)*
         }
 
@@ -40,6 +42,9 @@ subcommands! {
     Templates => templates,
     Lint => lint,
     Plan => plan,
+    Jobs => jobs,
+    Workers => workers,
+    Worker => worker,
 }
 
 /// Hodei runs Jenkins-style declarative pipelines on ephemeral workers: a
@@ -49,7 +54,7 @@ subcommands! {
 #[command(
     name = "hodei",
     version,
-    after_help = "Examples:\n  hodei templates list\n  hodei templates match 'linux && java-17'\n  hodei templates match docker --min-cpu 2 --templates templates.yaml"
+    after_help = "Examples:\n  hodei jobs list --server http://127.0.0.1:9090\n  hodei templates list\n  hodei templates match 'linux && java-17'\n  hodei templates match docker --min-cpu 2 --templates templates.yaml"
 )]
 struct Cli {
     #[command(subcommand)]

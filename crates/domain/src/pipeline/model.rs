@@ -387,6 +387,62 @@ pub enum ConditionKind {
     AnyOf(Vec<Condition>),
 }
 
+impl fmt::Display for When {
+    /// The conditions joined with `and`, in DSL-like form:
+    /// `branch 'release-*' and environment DEPLOY == 'yes'`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, condition) in self.conditions.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" and ")?;
+            }
+            write!(f, "{condition}")?;
+        }
+        if self.before_agent {
+            f.write_str(" (before the agent)")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Condition {
+    /// `branch 'main'`, `branch 'r-.*' (REGEXP)`, `environment X == 'y'`,
+    /// `not(...)`, `allOf(..., ...)`, `anyOf(..., ...)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ConditionKind::Branch {
+                pattern,
+                comparator,
+            } => {
+                write!(f, "branch '{pattern}'")?;
+                match comparator {
+                    Comparator::Glob => Ok(()),
+                    Comparator::Equals => f.write_str(" (EQUALS)"),
+                    Comparator::Regexp => f.write_str(" (REGEXP)"),
+                }
+            }
+            ConditionKind::Environment { name, value } => {
+                write!(f, "environment {name} == '{value}'")
+            }
+            ConditionKind::Not(inner) => write!(f, "not({inner})"),
+            ConditionKind::AllOf(all) | ConditionKind::AnyOf(all) => {
+                let name = if matches!(self.kind, ConditionKind::AllOf(_)) {
+                    "allOf"
+                } else {
+                    "anyOf"
+                };
+                write!(f, "{name}(")?;
+                for (i, c) in all.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{c}")?;
+                }
+                f.write_str(")")
+            }
+        }
+    }
+}
+
 /// How `branch` compares its pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Comparator {
@@ -688,6 +744,44 @@ mod tests {
             "ab-1".to_string()
         );
         assert_eq!(Interpolation::literal("z").as_literal(), Some("z".into()));
+    }
+
+    #[test]
+    fn conditions_print_readably() {
+        let c = |kind| Condition {
+            pos: Pos::default(),
+            kind,
+        };
+        let branch = |p: &str, comparator| {
+            c(ConditionKind::Branch {
+                pattern: p.into(),
+                comparator,
+            })
+        };
+        let when = When {
+            pos: Pos::default(),
+            conditions: vec![
+                branch("release-*", Comparator::Glob),
+                c(ConditionKind::AnyOf(vec![
+                    c(ConditionKind::Not(Box::new(branch(
+                        "x",
+                        Comparator::Equals,
+                    )))),
+                    c(ConditionKind::AllOf(vec![
+                        branch("r-.*", Comparator::Regexp),
+                        c(ConditionKind::Environment {
+                            name: "DEPLOY".into(),
+                            value: "yes".into(),
+                        }),
+                    ])),
+                ])),
+            ],
+            before_agent: true,
+        };
+        assert_eq!(
+            when.to_string(),
+            "branch 'release-*' and anyOf(not(branch 'x' (EQUALS)), allOf(branch 'r-.*' (REGEXP), environment DEPLOY == 'yes')) (before the agent)"
+        );
     }
 
     #[test]

@@ -105,7 +105,7 @@ fn render(
         ok &= render_segment(&mut out, segment, plan, pipeline, templates);
     }
     out.push_str("\nstages:\n");
-    render_stages(&mut out, &plan.stages, 1);
+    render_stages(&mut out, pipeline, &plan.stages, 1);
     if !pipeline.post.is_empty() {
         let conditions: Vec<&str> = pipeline.post.iter().map(|p| p.condition.name()).collect();
         let _ = writeln!(
@@ -241,8 +241,9 @@ fn render_segment(
     ok
 }
 
-/// The stage tree, one stage per line, with the worker each runs on.
-fn render_stages(out: &mut String, stages: &[PlanStage], depth: usize) {
+/// The stage tree, one stage per line, with the worker each runs on and
+/// the `when` that may skip it.
+fn render_stages(out: &mut String, pipeline: &Pipeline, stages: &[PlanStage], depth: usize) {
     let indent = "  ".repeat(depth);
     let width = stages
         .iter()
@@ -256,9 +257,14 @@ fn render_stages(out: &mut String, stages: &[PlanStage], depth: usize) {
             Some(id) => format!("worker {id}"),
             None => "no worker".to_string(),
         };
+        let when = pipeline
+            .stage(&stage.name)
+            .and_then(|s| s.when.as_ref())
+            .map(|w| format!(", only when {w}"))
+            .unwrap_or_default();
         match &stage.body {
             PlanBody::Steps => {
-                let _ = writeln!(out, "{indent}{}{pad}  → {worker}", stage.name);
+                let _ = writeln!(out, "{indent}{}{pad}  → {worker}{when}", stage.name);
             }
             PlanBody::Sequential(children) => {
                 let on = if stage.own_agent {
@@ -266,8 +272,12 @@ fn render_stages(out: &mut String, stages: &[PlanStage], depth: usize) {
                 } else {
                     String::new()
                 };
-                let _ = writeln!(out, "{indent}{}{pad}  sequential stages{on}:", stage.name);
-                render_stages(out, children, depth + 1);
+                let _ = writeln!(
+                    out,
+                    "{indent}{}{pad}  sequential stages{on}{when}:",
+                    stage.name
+                );
+                render_stages(out, pipeline, children, depth + 1);
             }
             PlanBody::Parallel {
                 fail_fast,
@@ -275,12 +285,12 @@ fn render_stages(out: &mut String, stages: &[PlanStage], depth: usize) {
             } => {
                 let _ = writeln!(
                     out,
-                    "{indent}{}{pad}  parallel, {} branches at the same time{}:",
+                    "{indent}{}{pad}  parallel, {} branches at the same time{}{when}:",
                     stage.name,
                     branches.len(),
                     if *fail_fast { ", fail fast" } else { "" }
                 );
-                render_stages(out, branches, depth + 1);
+                render_stages(out, pipeline, branches, depth + 1);
             }
         }
     }
