@@ -225,6 +225,43 @@ mod tests {
         assert!(err.starts_with("source archive"), "{err}");
     }
 
+    proptest::proptest! {
+        /// Whatever the server sends, unpacking answers with a count or an
+        /// error and writes nothing outside the destination.
+        #[test]
+        fn unpacking_arbitrary_bytes_never_panics(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..4096),
+        ) {
+            let parent = tempfile::tempdir().unwrap();
+            let dest = parent.path().join("ws");
+            std::fs::create_dir(&dest).unwrap();
+            let _ = unpack_source(&bytes[..], &dest);
+            let outside: Vec<_> = std::fs::read_dir(parent.path()).unwrap().collect();
+            proptest::prop_assert_eq!(outside.len(), 1);
+        }
+
+        /// Entries with any name made of letters, dots and slashes land
+        /// inside the destination or are refused.
+        #[test]
+        fn arbitrary_entry_names_stay_inside(names in proptest::collection::vec("[a./]{1,30}", 1..4)) {
+            let parent = tempfile::tempdir().unwrap();
+            let dest = parent.path().join("ws");
+            std::fs::create_dir(&dest).unwrap();
+            let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
+            let _ = unpack_source(&raw_tar(&entries)[..], &dest);
+            let outside: Vec<_> = std::fs::read_dir(parent.path()).unwrap().collect();
+            proptest::prop_assert_eq!(outside.len(), 1);
+        }
+
+        /// A path that passes the check stays inside the directory.
+        #[test]
+        fn accepted_paths_stay_inside(path in "[a-z./]{0,20}") {
+            if let Ok(rel) = relative_path("dir", &path) {
+                proptest::prop_assert!(rel.components().all(|c| matches!(c, Component::Normal(_))));
+            }
+        }
+    }
+
     #[test]
     fn dir_names() {
         fn check(job: &str, build: u64, seg: &str, expected: &str) {
