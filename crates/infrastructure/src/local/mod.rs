@@ -192,6 +192,16 @@ impl LocalOrchestrator {
         self.state_of(id)
     }
 
+    /// Deletes every worker this backend started (as
+    /// [`WorkerOrchestrator::delete_worker`] does, one after the other).
+    /// For an orderly server stop.
+    pub async fn delete_all(&self) {
+        let ids: Vec<WorkerId> = lock(&self.children).keys().cloned().collect();
+        for id in ids {
+            let _ = self.delete_worker(&id).await;
+        }
+    }
+
     fn state_of(&self, id: &WorkerId) -> BackendState {
         let children = lock(&self.children);
         let Some(child) = children.get(id) else {
@@ -213,6 +223,20 @@ impl LocalOrchestrator {
                     last_lines: lock(&child.tail).lines.iter().cloned().collect(),
                 }
             }
+        }
+    }
+}
+
+/// Dropping the backend kills (SIGKILL) every worker it still tracks, with
+/// everything they started, so that no process outlives an embedded server.
+impl Drop for LocalOrchestrator {
+    fn drop(&mut self) {
+        let children = std::mem::take(&mut *lock(&self.children));
+        for (id, child) in children {
+            if child.exit.borrow().is_none() {
+                signal_group(child.pid, Signal::SIGKILL);
+            }
+            kill_marked_processes(id.as_str());
         }
     }
 }

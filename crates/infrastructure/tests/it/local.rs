@@ -308,3 +308,56 @@ fn missing_binary_and_duplicate_ids_are_refused() {
         assert!(gone(pid).await);
     });
 }
+
+#[test]
+fn dropping_the_backend_kills_its_workers() {
+    RUNTIME.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let local = orchestrator(dir.path(), LONG_RUNNING);
+        let handle = local
+            .create_worker(spec("w-drop", dir.path()))
+            .await
+            .unwrap();
+        let pid: u32 = handle.backend_id.parse().unwrap();
+        let same_group: u32 = read_when_written(dir.path().join("same-group.pid"))
+            .await
+            .trim()
+            .parse()
+            .unwrap();
+        let own_group: u32 = read_when_written(dir.path().join("own-group.pid"))
+            .await
+            .trim()
+            .parse()
+            .unwrap();
+        drop(local);
+        for pid in [pid, same_group, own_group] {
+            assert!(gone(pid).await, "{pid} outlived the backend");
+        }
+    });
+}
+
+#[test]
+fn delete_all_stops_every_worker() {
+    RUNTIME.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let local = orchestrator(dir.path(), "sleep 300\n");
+        let mut pids = Vec::new();
+        for id in ["w-all-1", "w-all-2", "w-all-3"] {
+            pids.push(
+                local
+                    .create_worker(spec(id, dir.path()))
+                    .await
+                    .unwrap()
+                    .backend_id
+                    .parse::<u32>()
+                    .unwrap(),
+            );
+        }
+        assert_eq!(local.list_workers("srv-test").await.unwrap().len(), 3);
+        local.delete_all().await;
+        assert!(local.list_workers("srv-test").await.unwrap().is_empty());
+        for pid in pids {
+            assert!(gone(pid).await, "{pid} survived delete_all");
+        }
+    });
+}
