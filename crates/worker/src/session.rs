@@ -632,14 +632,16 @@ impl Worker {
             return;
         }
         segment.ending = true;
-        let joins: Vec<_> = self.steps.drain().map(|(_, h)| h.join).collect();
+        // The handles (with their stop senders) go along: dropping a sender
+        // would read as "stop" to a step that should run to its end.
+        let handles: Vec<StepHandle> = self.steps.drain().map(|(_, h)| h).collect();
         let workspace = segment.workspace.clone();
         let segment_id = segment.segment_id.clone();
         let out = self.out_tx.clone();
         let ephemeral = self.config.ephemeral;
         tokio::spawn(async move {
-            for join in joins {
-                let _ = join.await;
+            for handle in handles {
+                let _ = handle.join.await;
             }
             let _ =
                 tokio::task::spawn_blocking(move || workspace::remove_workspace(&workspace)).await;

@@ -486,6 +486,68 @@ fn source_is_unpacked_before_the_first_step() {
 }
 
 #[test]
+fn finish_segment_waits_for_running_steps() {
+    block_on(async {
+        let server = TestServer::start().await;
+        let root = tempfile::tempdir().unwrap();
+        let mut config = server.config("w-finish", root.path());
+        config.ephemeral = true;
+        let worker = spawn_worker(config);
+        let mut conn = server.accept().await;
+        let ws = conn.assign_empty("seg").await;
+        conn.sh(
+            "seg",
+            "slow",
+            "echo yes > started; while [ ! -f go ]; do sleep 0.01; done; echo finished",
+        )
+        .await;
+        read_when_written(&ws.join("started")).await;
+        conn.send(server_message::Kind::FinishSegment(FinishSegment {
+            segment_id: "seg".into(),
+        }))
+        .await;
+        // A step sent after the finish is refused: once that answer is
+        // here, the worker has handled the finish, and the slow step must
+        // still be running.
+        conn.sh("seg", "probe", "true").await;
+        loop {
+            match conn.recv().await {
+                worker_message::Kind::StepFinished(f) if f.step_id == "probe" => {
+                    assert_eq!(f.outcome, StepOutcome::Error as i32);
+                    assert_eq!(f.message, "segment seg is ending");
+                    break;
+                }
+                worker_message::Kind::StepStarted(s) if s.step_id == "slow" => {}
+                other => panic!("the running step was disturbed by the finish: {other:?}"),
+            }
+        }
+        std::fs::write(ws.join("go"), "").unwrap();
+        let (output, finished) = conn.step_result("slow").await;
+        assert_eq!(
+            finished.outcome,
+            StepOutcome::Success as i32,
+            "{}",
+            finished.message
+        );
+        assert_eq!(output, "finished\n");
+        match conn.recv().await {
+            worker_message::Kind::SegmentFinished(f) => {
+                assert_eq!(f.outcome, StepOutcome::Success as i32)
+            }
+            other => panic!("expected SegmentFinished, got {other:?}"),
+        }
+        conn.closed().await;
+        drop(conn);
+        assert_eq!(
+            outcome(worker).await.unwrap(),
+            Outcome::SegmentFinished {
+                segment_id: "seg".into()
+            }
+        );
+    });
+}
+
+#[test]
 fn unsafe_source_fails_the_segment() {
     block_on(async {
         let server = TestServer::start().await;
