@@ -76,6 +76,10 @@ impl fmt::Debug for Submission {
     }
 }
 
+/// Longest log line kept as one; longer output is cut into lines of this
+/// size.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
 /// What a successful submission returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submitted {
@@ -162,8 +166,10 @@ pub enum UpdateKind {
         /// Why, when it did not succeed.
         message: String,
     },
-    /// Output: of a step, or a line of the runner's own (stage headers,
-    /// `echo`, errors) with stream [`LogStream::System`].
+    /// One line of output: of a step, or of the runner itself (stage
+    /// headers, `echo`, errors) with stream [`LogStream::System`]. Step
+    /// output is split into lines here; a line longer than
+    /// [`MAX_LINE_BYTES`] is cut into several.
     Log {
         /// The stage it belongs to (empty outside stages).
         stage: String,
@@ -171,7 +177,7 @@ pub enum UpdateKind {
         step_id: Option<String>,
         /// Which stream.
         stream: LogStream,
-        /// The bytes (runner lines end with a newline).
+        /// The line, without its newline.
         data: Vec<u8>,
     },
     /// A worker's provisioning progress.
@@ -584,6 +590,7 @@ impl Inner {
             pump: pump_tx,
             inner: Arc::downgrade(&self),
             waiting: Mutex::new(HashMap::new()),
+            partial: Mutex::new(HashMap::new()),
         });
 
         let status = if cancel.is_cancelled() {
@@ -895,16 +902,24 @@ struct JobOutput {
     inner: std::sync::Weak<Inner>,
     /// Segments whose worker was requested and is not ready yet.
     waiting: Mutex<HashMap<String, ()>>,
+    /// Unfinished lines per step and stream, with their stage.
+    partial: Mutex<PartialLines>,
 }
 
+type PartialLines = HashMap<(String, LogStream), (String, Vec<u8>)>;
+type PartialEntry = ((String, LogStream), (String, Vec<u8>));
+
 impl JobOutput {
-    fn log(&self, stage: &str, step_id: Option<&str>, stream: LogStream, data: Vec<u8>) {
+    /// Records one whole line (without its newline).
+    fn line(&self, stage: &str, step_id: Option<&str>, stream: LogStream, line: &[u8]) {
         let at = self.clock.now();
+        let mut data = line.to_vec();
+        data.push(b'\n');
         let _ = self.pump.send(Pumped::Log(LogChunk {
             at,
             step_id: step_id.map(str::to_owned),
             stream,
-            data: data.clone(),
+            data,
         }));
         self.journal.push(
             at,
@@ -912,9 +927,57 @@ impl JobOutput {
                 stage: stage.to_owned(),
                 step_id: step_id.map(str::to_owned),
                 stream,
-                data,
+                data: line.to_vec(),
             },
         );
+    }
+
+    /// Splits a step's output into lines, keeping an unfinished line for
+    /// the next chunk.
+    fn output(&self, stage: &str, step_id: &str, stream: LogStream, data: &[u8]) {
+        let key = (step_id.to_owned(), stream);
+        let mut lines = Vec::new();
+        {
+            let mut partial = lock(&self.partial);
+            let (_, buffer) = partial
+                .entry(key.clone())
+                .or_insert_with(|| (stage.to_owned(), Vec::new()));
+            buffer.extend_from_slice(data);
+            let mut start = 0;
+            while let Some(end) = buffer[start..].iter().position(|&b| b == b'\n') {
+                lines.push(buffer[start..start + end].to_vec());
+                start += end + 1;
+            }
+            buffer.drain(..start);
+            while buffer.len() >= MAX_LINE_BYTES {
+                lines.push(buffer.drain(..MAX_LINE_BYTES).collect());
+            }
+            if buffer.is_empty() {
+                partial.remove(&key);
+            }
+        }
+        for line in lines {
+            self.line(stage, Some(step_id), stream, &line);
+        }
+    }
+
+    /// Emits what is left of a step's unfinished lines (`None`: of every
+    /// step).
+    fn flush(&self, step_id: Option<&str>) {
+        let taken: Vec<PartialEntry> = {
+            let mut partial = lock(&self.partial);
+            let keys: Vec<(String, LogStream)> = partial
+                .keys()
+                .filter(|(id, _)| step_id.is_none_or(|s| s == id))
+                .cloned()
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| partial.remove(&k).map(|v| (k, v)))
+                .collect()
+        };
+        for ((id, stream), (stage, rest)) in taken {
+            self.line(&stage, Some(&id), stream, &rest);
+        }
     }
 
     fn waiting_delta(&self, delta: i64) {
@@ -925,6 +988,7 @@ impl JobOutput {
 
     /// Segments still counted as waiting when the run ends stop counting.
     fn settle(&self) {
+        self.flush(None);
         let left = lock(&self.waiting).drain().count();
         self.waiting_delta(-(left as i64));
     }
@@ -962,17 +1026,18 @@ impl RunOutput for JobOutput {
                     result,
                 }));
             }
-            RunEvent::StepStarted { .. } | RunEvent::StepFinished { .. } => {}
+            RunEvent::StepStarted { .. } => {}
+            RunEvent::StepFinished { step_id, .. } => self.flush(Some(step_id)),
             RunEvent::Log {
                 stage,
                 step_id,
                 stream,
                 data,
-            } => self.log(stage, Some(step_id), stream, data.to_vec()),
+            } => self.output(stage, step_id, stream, data),
             RunEvent::System { stage, line } => {
-                let mut data = line.as_bytes().to_vec();
-                data.push(b'\n');
-                self.log(stage, None, LogStream::System, data);
+                for line in line.split('\n') {
+                    self.line(stage, None, LogStream::System, line.as_bytes());
+                }
             }
             RunEvent::Provisioning {
                 segment,

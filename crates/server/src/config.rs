@@ -9,6 +9,7 @@
 //! templates = "templates.yaml"      # HODEI_TEMPLATES
 //! max_workers = 32                  # HODEI_MAX_WORKERS
 //! provisioning_timeout = "60s"      # HODEI_PROVISIONING_TIMEOUT
+//! job_timeout = "6h"                # HODEI_JOB_TIMEOUT (longest any job may run)
 //! ```
 //!
 //! A bad value is an error naming the key (and, for the file, its line).
@@ -115,6 +116,10 @@ pub struct Settings {
     /// How long a new worker may take to connect.
     #[serde(with = "duration_str")]
     pub provisioning_timeout: Duration,
+    /// Longest any job may run, whatever its pipeline says; a job past it
+    /// ends timed out.
+    #[serde(with = "duration_str")]
+    pub job_timeout: Duration,
     /// How often workers send heartbeats.
     #[serde(with = "duration_str")]
     pub heartbeat_interval: Duration,
@@ -142,6 +147,7 @@ impl Default for Settings {
             server_id: None,
             max_workers: 32,
             provisioning_timeout: Duration::from_secs(60),
+            job_timeout: Duration::from_secs(6 * 3600),
             heartbeat_interval: Duration::from_secs(5),
             worker_lost_after: Duration::from_secs(30),
             max_source_bytes: 64 * 1024 * 1024,
@@ -266,6 +272,9 @@ impl Settings {
         if let Some(v) = get(&lookup, "HODEI_PROVISIONING_TIMEOUT", duration_str::parse)? {
             self.provisioning_timeout = v;
         }
+        if let Some(v) = get(&lookup, "HODEI_JOB_TIMEOUT", duration_str::parse)? {
+            self.job_timeout = v;
+        }
         if let Some(v) = get(&lookup, "HODEI_HEARTBEAT_INTERVAL", duration_str::parse)? {
             self.heartbeat_interval = v;
         }
@@ -359,6 +368,7 @@ mod tests {
         assert_eq!(s.backend, Backend::Local);
         assert_eq!(s.grpc_addr, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(s.provisioning_timeout, Duration::from_secs(60));
+        assert_eq!(s.job_timeout, Duration::from_secs(6 * 3600));
         assert_eq!(s.max_source_bytes, 64 * 1024 * 1024);
     }
 
@@ -431,6 +441,7 @@ mod tests {
         check("HODEI_MAX_WORKERS", "0", "expected a positive integer");
         check("HODEI_GRPC_ADDR", "localhost", "expected an address");
         check("HODEI_PROVISIONING_TIMEOUT", "0s", "above zero");
+        check("HODEI_JOB_TIMEOUT", "forever", "expected a duration");
         check("HODEI_MAX_SOURCE_BYTES", "lots", "expected a size");
         check("HODEI_DATA_DIR", "", "expected a path");
     }

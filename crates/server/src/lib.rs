@@ -5,4 +5,7 @@
 //! Only this crate and `hodei-worker` know protobuf; everything below speaks
 //! domain types.
 
+pub mod app;
 pub mod config;
+pub mod grpc;
+pub mod http;

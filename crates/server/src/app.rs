@@ -1,0 +1,407 @@
+//! The composition root: [`Server::start`] turns [`Settings`] into a
+//! running server (adapters → use cases → gRPC and HTTP listeners) and
+//! returns a [`ServerHandle`] to find and stop it.
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! use hodei_server::app::Server;
+//! use hodei_server::config::Settings;
+//!
+//! let mut settings = Settings::load(None)?;
+//! settings.grpc_addr = "127.0.0.1:0".parse()?; // any free port
+//! let server = Server::start(settings).await?;
+//! println!("gRPC on {}", server.grpc_url());
+//! tokio::signal::ctrl_c().await?;
+//! server.shutdown().await; // cancels jobs, deletes every worker, stops listening
+//! # Ok(()) }
+//! ```
+//!
+//! # Templates with the local backend
+//!
+//! The local backend runs every worker as a child process of the server, on
+//! the server's own host, so a template's image means nothing to it. It
+//! offers one template of its own, `local`, whose capabilities are what the
+//! host really has (os, architecture, and the tools found on `PATH` with
+//! their major versions). A pipeline asking for a label the host lacks, or
+//! for a `docker` or `kubernetes` agent, is refused at submission with the
+//! reason. Templates from the `templates` file are added as they are: their
+//! workers are local processes too, with the template's environment,
+//! lifetime and `max_concurrent_jobs`, and their capabilities are taken on
+//! trust, so list there only what the host offers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use hodei_application::events::EventPublisher;
+use hodei_application::manager::{EphemeralWorkerManager, ManagerConfig, ManagerPorts};
+use hodei_application::orchestrator::{ServerEndpoint, WorkerHandle, WorkerOrchestrator};
+use hodei_application::submit::{CreateAndExecuteJob, JobPorts, JobsConfig};
+use hodei_application::templates::WorkerTemplateRepository;
+use hodei_application::workers::WorkerRepository;
+use hodei_infrastructure::local::{
+    DEFAULT_PROBE_TIMEOUT, LocalConfig, LocalOrchestrator, detect_host_capabilities,
+};
+use hodei_infrastructure::{
+    BroadcastEventPublisher, InMemoryJobRepository, InMemoryWorkerRepository,
+    InMemoryWorkerTemplateRepository, RandomIdGenerator, SystemClock, load_template_file,
+};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Backend, Settings};
+use crate::grpc::{
+    AdminServiceImpl, HubConfig, JobServiceImpl, RegisteringOrchestrator, WorkerHub,
+};
+use crate::http::{self, HttpState, Metrics, MetricsPublisher};
+
+/// How often the backend is swept for workers the server does not know.
+const ORPHAN_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a new connection may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the listeners get to close on shutdown.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Starts Hodei servers. See the module documentation.
+#[derive(Debug)]
+pub struct Server;
+
+/// A running server.
+pub struct ServerHandle {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    server_id: String,
+    jobs: CreateAndExecuteJob,
+    manager: EphemeralWorkerManager,
+    orchestrator: Arc<RegisteringOrchestrator>,
+    workers: Arc<dyn WorkerRepository>,
+    events: Arc<BroadcastEventPublisher>,
+    hub: WorkerHub,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("http_addr", &self.http_addr)
+            .field("server_id", &self.server_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A server id derived from the data directory, so a restarted server with
+/// the same data directory recognises the workers it left behind.
+fn derived_server_id(settings: &Settings) -> String {
+    // FNV-1a: stable across runs and platforms.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in settings.data_dir.to_string_lossy().bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("hodei-{:012x}", hash & 0xffff_ffff_ffff)
+}
+
+impl Server {
+    /// Builds the adapters `settings` names, starts the use cases, binds the
+    /// gRPC and HTTP listeners (port 0 picks a free port: see
+    /// [`ServerHandle::grpc_addr`]), deletes orphans this server id left in
+    /// the backend, and serves until [`ServerHandle::shutdown`].
+    ///
+    /// # Errors
+    /// A listen address in use, an unavailable backend, a bad templates
+    /// file, no worker binary for the local backend.
+    pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
+        let server_id = settings
+            .server_id
+            .clone()
+            .unwrap_or_else(|| derived_server_id(&settings));
+        let grpc_listener = TcpListener::bind(settings.grpc_addr)
+            .await
+            .with_context(|| format!("grpc_addr: cannot listen on {}", settings.grpc_addr))?;
+        let http_listener = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("http_addr: cannot listen on {}", settings.http_addr))?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+
+        let (backend, mut templates): (Arc<dyn WorkerOrchestrator>, _) = match settings.backend {
+            Backend::Local => {
+                let binary = match &settings.worker_binary {
+                    Some(path) => path.clone(),
+                    None => LocalConfig::resolve_worker_binary()
+                        .context("worker_binary: no hodei-worker binary")?,
+                };
+                let mut config = LocalConfig::new(binary);
+                config.workspace_root = settings.data_dir.join("workspaces");
+                config.server_lost_grace = Some(settings.worker_lost_after);
+                let host = detect_host_capabilities(DEFAULT_PROBE_TIMEOUT).await;
+                let local = host
+                    .local_template()
+                    .context("cannot build the local template")?;
+                (
+                    Arc::new(LocalOrchestrator::new(config)) as Arc<dyn WorkerOrchestrator>,
+                    vec![local],
+                )
+            }
+            other => anyhow::bail!(
+                "backend: the {other} backend is not available in this build; use backend = \"local\""
+            ),
+        };
+        if let Some(path) = &settings.templates {
+            templates.extend(load_template_file(path)?);
+        }
+        let templates: Arc<dyn WorkerTemplateRepository> =
+            Arc::new(InMemoryWorkerTemplateRepository::from_templates(templates));
+        let job_store = Arc::new(InMemoryJobRepository::new());
+        let workers: Arc<dyn WorkerRepository> = Arc::new(InMemoryWorkerRepository::new());
+        let metrics = Arc::new(Metrics::new());
+        let broadcast = Arc::new(BroadcastEventPublisher::new(1024));
+        let events: Arc<dyn EventPublisher> =
+            Arc::new(MetricsPublisher::new(metrics.clone(), broadcast.clone()));
+        let clock = Arc::new(SystemClock::new());
+        let ids = Arc::new(RandomIdGenerator::new());
+
+        let hub = WorkerHub::new(HubConfig {
+            server_id: server_id.clone(),
+            heartbeat_interval: settings.heartbeat_interval,
+            worker_lost_after: settings.worker_lost_after,
+            hello_timeout: HELLO_TIMEOUT,
+        });
+        let orchestrator = Arc::new(RegisteringOrchestrator::new(backend, hub.clone()));
+        sweep_orphans(orchestrator.as_ref(), workers.as_ref(), &server_id).await;
+
+        let mut manager_config = ManagerConfig::new(
+            server_id.clone(),
+            ServerEndpoint {
+                host: settings.worker_facing_host(),
+                port: grpc_addr.port(),
+            },
+        );
+        manager_config.provisioning_deadline = settings.provisioning_timeout;
+        manager_config.max_workers = settings.max_workers as usize;
+        let manager = EphemeralWorkerManager::new(
+            manager_config,
+            ManagerPorts {
+                orchestrator: orchestrator.clone(),
+                gateway: Arc::new(hub.clone()),
+                templates: templates.clone(),
+                workers: workers.clone(),
+                events: events.clone(),
+                clock: clock.clone(),
+                ids: ids.clone(),
+            },
+        );
+        let jobs = CreateAndExecuteJob::new(
+            JobsConfig {
+                job_timeout: Some(settings.job_timeout),
+                ..JobsConfig::default()
+            },
+            JobPorts {
+                jobs: job_store.clone(),
+                events,
+                clock,
+                ids,
+                provider: Arc::new(manager.clone()),
+            },
+        );
+
+        let stop = CancellationToken::new();
+        let grpc_serving = Arc::new(AtomicBool::new(false));
+        let grpc = tonic::transport::Server::builder()
+            .add_service(hub.service())
+            .add_service(
+                JobServiceImpl::new(jobs.clone(), job_store, settings.max_source_bytes)
+                    .into_service(),
+            )
+            .add_service(
+                AdminServiceImpl::new(
+                    workers.clone(),
+                    templates,
+                    hub.clone(),
+                    orchestrator.backend(),
+                )
+                .into_service(),
+            );
+        let grpc_stop = stop.clone();
+        let serving = grpc_serving.clone();
+        let mut tasks = vec![tokio::spawn(async move {
+            serving.store(true, Ordering::SeqCst);
+            let incoming = TcpListenerStream::new(grpc_listener);
+            if let Err(e) = grpc
+                .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled())
+                .await
+            {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+            serving.store(false, Ordering::SeqCst);
+        })];
+
+        let router = http::router(HttpState {
+            metrics,
+            jobs: jobs.clone(),
+            workers: workers.clone(),
+            orchestrator: orchestrator.clone(),
+            server_id: server_id.clone(),
+            grpc_serving,
+        });
+        let http_stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(http_listener, router)
+                .with_graceful_shutdown(http_stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }));
+
+        let sweep_stop = stop.clone();
+        let sweep_orchestrator = orchestrator.clone();
+        let sweep_workers = workers.clone();
+        let sweep_id = server_id.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = sweep_stop.cancelled() => return,
+                    () = tokio::time::sleep(ORPHAN_SWEEP_INTERVAL) => {
+                        sweep_orphans(sweep_orchestrator.as_ref(), sweep_workers.as_ref(), &sweep_id).await;
+                    }
+                }
+            }
+        }));
+
+        tracing::info!(%grpc_addr, %http_addr, %server_id, backend = %settings.backend, "server started");
+        Ok(ServerHandle {
+            grpc_addr,
+            http_addr,
+            server_id,
+            jobs,
+            manager,
+            orchestrator,
+            workers,
+            events: broadcast,
+            hub,
+            stop,
+            tasks,
+        })
+    }
+}
+
+/// Deletes the backend's workers for `server_id` that the worker repository
+/// does not know.
+async fn sweep_orphans(
+    orchestrator: &dyn WorkerOrchestrator,
+    workers: &dyn WorkerRepository,
+    server_id: &str,
+) {
+    let found = match orchestrator.list_workers(server_id).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list backend workers for the orphan sweep");
+            return;
+        }
+    };
+    for worker in found {
+        match workers.find_by_id(&worker.worker_id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                tracing::info!(worker = %worker.worker_id, backend_id = %worker.backend_id, "deleting orphaned worker");
+                if let Err(e) = orchestrator.delete_worker(&worker.worker_id).await {
+                    tracing::warn!(worker = %worker.worker_id, error = %e, "cannot delete orphaned worker");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(worker = %worker.worker_id, error = %e, "cannot read worker record")
+            }
+        }
+    }
+}
+
+impl ServerHandle {
+    /// The address the gRPC server listens on (the real port when the
+    /// settings said 0).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The address the HTTP server (`/healthz`, `/readyz`, `/metrics`)
+    /// listens on.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The gRPC address as a URL clients connect to
+    /// (`http://127.0.0.1:PORT`; an unspecified listen address becomes
+    /// 127.0.0.1).
+    pub fn grpc_url(&self) -> String {
+        let mut addr = self.grpc_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
+    }
+
+    /// This server's id (on every backend object it creates).
+    pub fn server_id(&self) -> &str {
+        &self.server_id
+    }
+
+    /// The jobs use case, for callers in the same process.
+    pub fn jobs(&self) -> &CreateAndExecuteJob {
+        &self.jobs
+    }
+
+    /// Domain events as they happen (jobs and workers).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<hodei_domain::DomainEvent> {
+        self.events.subscribe()
+    }
+
+    /// Every worker this server created, with its backend id (the process
+    /// id for the local backend), in order of creation.
+    pub fn created_workers(&self) -> Vec<WorkerHandle> {
+        self.orchestrator.created()
+    }
+
+    /// Stops the server: takes no new job, cancels the running ones (their
+    /// `post` blocks run, their workers are released), deletes every worker
+    /// it created that still exists, drops worker connections and stops
+    /// both listeners.
+    pub async fn shutdown(self) {
+        let reason = "the server is shutting down";
+        self.jobs.shutdown(reason).await;
+        self.manager.shutdown(reason).await;
+        let mut leftovers: Vec<_> = self
+            .orchestrator
+            .created()
+            .into_iter()
+            .map(|h| h.worker_id)
+            .collect();
+        if let Ok(found) = self.orchestrator.list_workers(&self.server_id).await {
+            leftovers.extend(found.into_iter().map(|w| w.worker_id));
+        }
+        leftovers.sort();
+        leftovers.dedup();
+        for id in leftovers {
+            if let Err(e) = self.orchestrator.delete_worker(&id).await {
+                tracing::warn!(worker = %id, error = %e, "cannot delete worker at shutdown");
+            }
+            if let Err(e) = self.workers.delete(&id).await {
+                tracing::warn!(worker = %id, error = %e, "cannot forget worker at shutdown");
+            }
+        }
+        self.hub.close();
+        self.stop.cancel();
+        for task in self.tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(STOP_GRACE, task).await.is_err() {
+                abort.abort();
+            }
+        }
+        tracing::info!(server_id = %self.server_id, "server stopped");
+    }
+}

@@ -1,0 +1,12 @@
+//! The gRPC services: `JobService` for clients, `WorkerService` for workers,
+//! `AdminService` for operators. Generated types stop here: every service
+//! converts to domain types in [`convert`] and calls the use cases.
+
+pub mod admin_service;
+pub mod convert;
+pub mod job_service;
+pub mod worker_service;
+
+pub use admin_service::AdminServiceImpl;
+pub use job_service::JobServiceImpl;
+pub use worker_service::{HubConfig, RegisteringOrchestrator, WorkerHub, WorkerServiceImpl};

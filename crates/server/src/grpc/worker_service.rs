@@ -1,0 +1,671 @@
+//! `WorkerService.Connect`: where workers connect, and the
+//! [`WorkerGateway`]/[`WorkerLink`] ports implemented over that stream.
+//!
+//! - A worker's first message must be `Hello` with its id and its one-time
+//!   token. The token was recorded when the worker was created
+//!   ([`RegisteringOrchestrator`] records it on its way to the backend); it
+//!   is compared in constant time and can be used once. A wrong, unknown or
+//!   reused token ends the call with `UNAUTHENTICATED`; the token itself
+//!   never appears in a log line or a message.
+//! - An accepted worker gets `Welcome` and becomes a [`GrpcWorkerLink`],
+//!   which [`WorkerHub::wait_connected`] hands to the worker manager.
+//! - The server sends a `Heartbeat` every heartbeat interval (the worker
+//!   gives up on a silent server); a worker whose stream ends, breaks, or
+//!   stays silent for longer than `worker_lost_after` is lost: whatever
+//!   waits on it (`assign`, `run_step`, `shutdown`) returns at once, with
+//!   [`LinkError::Lost`] and the reason.
+//!
+//! Reconnecting after a broken stream is not offered yet (`Welcome` carries
+//! no `reconnect_token`): a worker that loses its stream is lost.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hodei_application::orchestrator::{
+    BackendState, BackendWorker, OneTimeToken, OrchestratorError, WorkerHandle, WorkerOrchestrator,
+    WorkerSpec,
+};
+use hodei_application::worker_link::{
+    Assignment, LinkError, LogSink, StepOutcome, StepRequest, WorkerGateway, WorkerLink,
+};
+use hodei_domain::WorkerId;
+use hodei_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
+use hodei_proto::v1::{self as pb, ServerMessage, WorkerMessage, server_message, worker_message};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert;
+
+/// Largest piece of source sent in one `SourceChunk`.
+const SOURCE_CHUNK: usize = 1024 * 1024;
+/// Messages queued for one worker before senders wait.
+const OUTBOUND_QUEUE: usize = 256;
+
+/// How the hub treats workers.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// This server's id, told to workers in `Welcome`.
+    pub server_id: String,
+    /// How often the server sends heartbeats and asks workers to send theirs.
+    pub heartbeat_interval: Duration,
+    /// A worker silent this long is lost.
+    pub worker_lost_after: Duration,
+    /// How long a new connection may take to send `Hello`.
+    pub hello_timeout: Duration,
+}
+
+/// Connected workers and the tokens of the workers expected to connect.
+#[derive(Debug, Clone)]
+pub struct WorkerHub {
+    inner: Arc<HubInner>,
+}
+
+#[derive(Debug)]
+struct HubInner {
+    config: HubConfig,
+    tokens: Mutex<HashMap<WorkerId, TokenEntry>>,
+    links: Mutex<HashMap<WorkerId, Arc<GrpcWorkerLink>>>,
+    generation: watch::Sender<u64>,
+    closing: CancellationToken,
+}
+
+#[derive(Debug)]
+struct TokenEntry {
+    secret: OneTimeToken,
+    used: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0xff);
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
+}
+
+impl WorkerHub {
+    /// A hub with no worker.
+    pub fn new(config: HubConfig) -> Self {
+        WorkerHub {
+            inner: Arc::new(HubInner {
+                config,
+                tokens: Mutex::new(HashMap::new()),
+                links: Mutex::new(HashMap::new()),
+                generation: watch::Sender::new(0),
+                closing: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// The tonic service to mount on the gRPC server.
+    pub fn service(&self) -> WorkerServiceServer<WorkerServiceImpl> {
+        WorkerServiceServer::new(WorkerServiceImpl { hub: self.clone() })
+    }
+
+    /// Expects `worker` to connect with `token`, once.
+    pub fn expect(&self, worker: WorkerId, token: OneTimeToken) {
+        lock(&self.inner.tokens).insert(
+            worker,
+            TokenEntry {
+                secret: token,
+                used: false,
+            },
+        );
+    }
+
+    /// Forgets the worker's token (it was deleted).
+    pub fn forget(&self, worker: &WorkerId) {
+        lock(&self.inner.tokens).remove(worker);
+    }
+
+    /// Workers connected now, with the time they were last heard from
+    /// (milliseconds since the Unix epoch).
+    pub fn connected(&self) -> Vec<(WorkerId, u64)> {
+        let links: Vec<Arc<GrpcWorkerLink>> = lock(&self.inner.links).values().cloned().collect();
+        links
+            .into_iter()
+            .map(|l| (l.id.clone(), lock(&l.state).last_heard_ms))
+            .collect()
+    }
+
+    /// Drops every connection (their workers are lost) and refuses new
+    /// ones, for a server that stops.
+    pub fn close(&self) {
+        self.inner.closing.cancel();
+    }
+
+    fn authenticate(&self, worker: &str, token: &str) -> Result<WorkerId, Status> {
+        let refused = || {
+            tracing::warn!(worker, "worker registration refused");
+            Status::unauthenticated(
+                "worker registration refused: unknown worker, or a wrong or already used token",
+            )
+        };
+        let id = WorkerId::new(worker).map_err(|_| refused())?;
+        let mut tokens = lock(&self.inner.tokens);
+        let Some(entry) = tokens.get_mut(&id) else {
+            return Err(refused());
+        };
+        let matches = constant_time_eq(entry.secret.expose().as_bytes(), token.as_bytes());
+        if !matches || entry.used {
+            return Err(refused());
+        }
+        entry.used = true;
+        Ok(id)
+    }
+
+    fn attach(&self, link: Arc<GrpcWorkerLink>) {
+        lock(&self.inner.links).insert(link.id.clone(), link);
+        self.inner.generation.send_modify(|g| *g += 1);
+    }
+
+    fn detach(&self, link: &Arc<GrpcWorkerLink>) {
+        let mut links = lock(&self.inner.links);
+        if links.get(&link.id).is_some_and(|l| Arc::ptr_eq(l, link)) {
+            links.remove(&link.id);
+        }
+    }
+}
+
+#[async_trait]
+impl WorkerGateway for WorkerHub {
+    async fn wait_connected(
+        &self,
+        worker: &WorkerId,
+        deadline: Duration,
+    ) -> Result<Arc<dyn WorkerLink>, LinkError> {
+        let mut generation = self.inner.generation.subscribe();
+        let wait = async {
+            loop {
+                generation.borrow_and_update();
+                let found = lock(&self.inner.links).get(worker).cloned();
+                if let Some(link) = found {
+                    return Some(link);
+                }
+                if generation.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        match tokio::time::timeout(deadline, wait).await {
+            Ok(Some(link)) => Ok(link),
+            _ => Err(LinkError::NotConnected {
+                worker: worker.clone(),
+                after: deadline,
+            }),
+        }
+    }
+}
+
+/// The tonic implementation of `WorkerService`.
+#[derive(Debug, Clone)]
+pub struct WorkerServiceImpl {
+    hub: WorkerHub,
+}
+
+type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
+
+fn server_msg(kind: server_message::Kind) -> ServerMessage {
+    ServerMessage { kind: Some(kind) }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[async_trait]
+impl WorkerService for WorkerServiceImpl {
+    type ConnectStream = ReceiverStream<Result<ServerMessage, Status>>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<WorkerMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let hub = &self.hub;
+        if hub.inner.closing.is_cancelled() {
+            return Err(Status::unavailable("the server is shutting down"));
+        }
+        let mut inbound = request.into_inner();
+        let timeout = hub.inner.config.hello_timeout;
+        let first = match tokio::time::timeout(timeout, inbound.message()).await {
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "expected hello within {timeout:?}"
+                )));
+            }
+            Ok(Err(status)) => return Err(status),
+            Ok(Ok(None)) => {
+                return Err(Status::invalid_argument(
+                    "the stream ended before hello was sent",
+                ));
+            }
+            Ok(Ok(Some(message))) => message,
+        };
+        let Some(worker_message::Kind::Hello(hello)) = first.kind else {
+            return Err(Status::invalid_argument(
+                "expected hello as the first message",
+            ));
+        };
+        let id = hub.authenticate(&hello.worker_id, &hello.token)?;
+        tracing::info!(worker = %id, name = %hello.name, version = %hello.version, "worker connected");
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let welcome = server_msg(server_message::Kind::Welcome(pb::Welcome {
+            worker_id: id.to_string(),
+            heartbeat_interval_ms: hub.inner.config.heartbeat_interval.as_millis() as u64,
+            reconnect_token: String::new(),
+            server_id: hub.inner.config.server_id.clone(),
+        }));
+        let _ = tx.send(Ok(welcome)).await;
+        let link = Arc::new(GrpcWorkerLink::new(id, tx.clone()));
+        hub.attach(link.clone());
+        tokio::spawn(session(hub.clone(), link, inbound, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Reads one worker's messages until it is lost.
+async fn session(
+    hub: WorkerHub,
+    link: Arc<GrpcWorkerLink>,
+    mut inbound: Streaming<WorkerMessage>,
+    tx: Outbound,
+) {
+    let config = &hub.inner.config;
+    let mut beat = tokio::time::interval(config.heartbeat_interval);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    beat.tick().await;
+    let mut last_heard = tokio::time::Instant::now();
+    let reason = loop {
+        tokio::select! {
+            received = inbound.message() => match received {
+                Ok(Some(message)) => {
+                    last_heard = tokio::time::Instant::now();
+                    link.handle(message);
+                }
+                Ok(None) => break "the worker closed its connection".to_owned(),
+                Err(status) => break format!("the worker's connection broke: {}", status.message()),
+            },
+            () = tokio::time::sleep_until(last_heard + config.worker_lost_after) => {
+                break format!("no message from the worker for {:?}", config.worker_lost_after);
+            }
+            _ = beat.tick() => {
+                let message = server_msg(server_message::Kind::Heartbeat(pb::Heartbeat { sent_at_ms: now_ms() }));
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(message)) {
+                    break "the connection to the worker closed".to_owned();
+                }
+            }
+            () = hub.inner.closing.cancelled() => break "the server is shutting down".to_owned(),
+        }
+    };
+    tracing::info!(worker = %link.id, %reason, "worker disconnected");
+    link.mark_lost(reason);
+    hub.detach(&link);
+}
+
+/// A connected worker, driven over its `Connect` stream.
+#[derive(Debug)]
+pub struct GrpcWorkerLink {
+    id: WorkerId,
+    tx: Outbound,
+    state: Mutex<LinkState>,
+}
+
+struct LinkState {
+    segment: Option<String>,
+    ready: Option<oneshot::Sender<Result<(), String>>>,
+    steps: HashMap<String, PendingStep>,
+    finished: Option<oneshot::Sender<()>>,
+    lost: Option<String>,
+    last_heard_ms: u64,
+}
+
+impl std::fmt::Debug for LinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkState")
+            .field("segment", &self.segment)
+            .field("steps", &self.steps.keys().collect::<Vec<_>>())
+            .field("lost", &self.lost)
+            .finish_non_exhaustive()
+    }
+}
+
+struct PendingStep {
+    sink: Arc<dyn LogSink>,
+    done: oneshot::Sender<StepOutcome>,
+}
+
+impl GrpcWorkerLink {
+    fn new(id: WorkerId, tx: Outbound) -> Self {
+        GrpcWorkerLink {
+            id,
+            tx,
+            state: Mutex::new(LinkState {
+                segment: None,
+                ready: None,
+                steps: HashMap::new(),
+                finished: None,
+                lost: None,
+                last_heard_ms: now_ms(),
+            }),
+        }
+    }
+
+    fn lost_error(&self) -> LinkError {
+        let reason = lock(&self.state)
+            .lost
+            .clone()
+            .unwrap_or_else(|| "the connection to the worker closed".to_owned());
+        LinkError::Lost {
+            worker: self.id.clone(),
+            reason,
+        }
+    }
+
+    async fn send(&self, kind: server_message::Kind) -> Result<(), LinkError> {
+        if lock(&self.state).lost.is_some() {
+            return Err(self.lost_error());
+        }
+        self.tx
+            .send(Ok(server_msg(kind)))
+            .await
+            .map_err(|_| self.lost_error())
+    }
+
+    /// Ends everything that waits on this worker.
+    fn mark_lost(&self, reason: String) {
+        let mut state = lock(&self.state);
+        if state.lost.is_none() {
+            state.lost = Some(reason);
+        }
+        state.ready = None;
+        state.steps.clear();
+        if let Some(finished) = state.finished.take() {
+            let _ = finished.send(());
+        }
+    }
+
+    /// Routes one message from the worker.
+    fn handle(&self, message: WorkerMessage) {
+        let mut state = lock(&self.state);
+        state.last_heard_ms = now_ms();
+        let Some(kind) = message.kind else { return };
+        match kind {
+            worker_message::Kind::Hello(_) => {
+                tracing::warn!(worker = %self.id, "second hello on one connection ignored");
+            }
+            worker_message::Kind::SegmentReady(ready) => {
+                if state.segment.as_deref() == Some(ready.segment_id.as_str())
+                    && let Some(waiter) = state.ready.take()
+                {
+                    let _ = waiter.send(Ok(()));
+                }
+            }
+            worker_message::Kind::StepStarted(_) | worker_message::Kind::Heartbeat(_) => {}
+            worker_message::Kind::LogChunk(chunk) => {
+                if let Some(step) = state.steps.get(&chunk.step_id) {
+                    let sink = step.sink.clone();
+                    drop(state);
+                    sink.log(
+                        &chunk.step_id,
+                        convert::log_stream_from_proto(chunk.stream),
+                        &chunk.data,
+                    );
+                }
+            }
+            worker_message::Kind::StepFinished(finished) => {
+                if let Some(step) = state.steps.remove(&finished.step_id) {
+                    let _ = step.done.send(convert::step_outcome_from_proto(&finished));
+                }
+            }
+            worker_message::Kind::SegmentFinished(finished) => {
+                if state.segment.as_deref() != Some(finished.segment_id.as_str()) {
+                    return;
+                }
+                if let Some(waiter) = state.ready.take() {
+                    let message = if finished.message.is_empty() {
+                        "the worker could not prepare the workspace".to_owned()
+                    } else {
+                        finished.message
+                    };
+                    let _ = waiter.send(Err(message));
+                }
+                state.segment = None;
+                if let Some(waiter) = state.finished.take() {
+                    let _ = waiter.send(());
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl WorkerLink for GrpcWorkerLink {
+    fn worker_id(&self) -> &WorkerId {
+        &self.id
+    }
+
+    async fn assign(&self, assignment: Assignment) -> Result<(), LinkError> {
+        let (ready_tx, ready_rx) = oneshot::channel();
+        {
+            let mut state = lock(&self.state);
+            state.segment = Some(assignment.segment_id.clone());
+            state.ready = Some(ready_tx);
+        }
+        let send_source = !assignment.skip_checkout && !assignment.source.is_empty();
+        self.send(server_message::Kind::Assign(pb::Assign {
+            job_id: assignment.job_id.to_string(),
+            job_name: assignment.job_name.clone(),
+            build_number: assignment.build_number,
+            segment_id: assignment.segment_id.clone(),
+            environment: HashMap::new(),
+            source_size: if send_source {
+                assignment.source.len() as u64
+            } else {
+                0
+            },
+            skip_checkout: assignment.skip_checkout,
+        }))
+        .await?;
+        if send_source {
+            for chunk in assignment.source.chunks(SOURCE_CHUNK) {
+                self.send(server_message::Kind::SourceChunk(pb::SourceChunk {
+                    segment_id: assignment.segment_id.clone(),
+                    data: chunk.to_vec(),
+                }))
+                .await?;
+            }
+        }
+        match ready_rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(LinkError::Lost {
+                worker: self.id.clone(),
+                reason,
+            }),
+            Err(_) => Err(self.lost_error()),
+        }
+    }
+
+    async fn run_step(
+        &self,
+        request: StepRequest,
+        sink: Arc<dyn LogSink>,
+    ) -> Result<StepOutcome, LinkError> {
+        let (done_tx, done_rx) = oneshot::channel();
+        let segment_id = {
+            let mut state = lock(&self.state);
+            if state.lost.is_some() {
+                drop(state);
+                return Err(self.lost_error());
+            }
+            state.steps.insert(
+                request.step_id.clone(),
+                PendingStep {
+                    sink,
+                    done: done_tx,
+                },
+            );
+            state.segment.clone().unwrap_or_default()
+        };
+        self.send(server_message::Kind::RunStep(convert::run_step_to_proto(
+            request, segment_id,
+        )))
+        .await?;
+        done_rx.await.map_err(|_| self.lost_error())
+    }
+
+    async fn cancel_step(&self, step_id: &str, reason: &str) -> Result<(), LinkError> {
+        self.send(server_message::Kind::CancelStep(pb::CancelStep {
+            step_id: step_id.to_owned(),
+            reason: reason.to_owned(),
+        }))
+        .await
+    }
+
+    async fn shutdown(&self, reason: &str) -> Result<(), LinkError> {
+        let (finished_tx, finished_rx) = oneshot::channel();
+        let segment = {
+            let mut state = lock(&self.state);
+            if state.lost.is_some() {
+                return Ok(());
+            }
+            let segment = state.segment.clone();
+            if segment.is_some() {
+                state.finished = Some(finished_tx);
+            }
+            segment
+        };
+        match segment {
+            Some(segment_id) => {
+                if self
+                    .send(server_message::Kind::FinishSegment(pb::FinishSegment {
+                        segment_id,
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                let _ = finished_rx.await;
+                Ok(())
+            }
+            None => {
+                let _ = self
+                    .send(server_message::Kind::Shutdown(pb::Shutdown {
+                        reason: reason.to_owned(),
+                    }))
+                    .await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Wraps the backend so the hub learns each new worker's token before the
+/// worker can connect, and forgets it when the worker is deleted. Also
+/// remembers every worker it created (id and backend id), for tests and
+/// for the shutdown sweep.
+pub struct RegisteringOrchestrator {
+    backend: Arc<dyn WorkerOrchestrator>,
+    hub: WorkerHub,
+    created: Mutex<Vec<WorkerHandle>>,
+}
+
+impl std::fmt::Debug for RegisteringOrchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisteringOrchestrator")
+            .field("backend", &self.backend.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegisteringOrchestrator {
+    /// Wraps `backend`.
+    pub fn new(backend: Arc<dyn WorkerOrchestrator>, hub: WorkerHub) -> Self {
+        RegisteringOrchestrator {
+            backend,
+            hub,
+            created: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Every worker created through this backend since the start, in order.
+    pub fn created(&self) -> Vec<WorkerHandle> {
+        lock(&self.created).clone()
+    }
+}
+
+#[async_trait]
+impl WorkerOrchestrator for RegisteringOrchestrator {
+    fn backend(&self) -> &'static str {
+        self.backend.backend()
+    }
+
+    async fn create_worker(&self, spec: WorkerSpec) -> Result<WorkerHandle, OrchestratorError> {
+        let id = spec.worker_id.clone();
+        self.hub.expect(id.clone(), spec.token.clone());
+        match self.backend.create_worker(spec).await {
+            Ok(handle) => {
+                lock(&self.created).push(handle.clone());
+                Ok(handle)
+            }
+            Err(e) => {
+                self.hub.forget(&id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn delete_worker(&self, id: &WorkerId) -> Result<(), OrchestratorError> {
+        let result = self.backend.delete_worker(id).await;
+        if result.is_ok() {
+            self.hub.forget(id);
+        }
+        result
+    }
+
+    async fn list_workers(&self, server_id: &str) -> Result<Vec<BackendWorker>, OrchestratorError> {
+        self.backend.list_workers(server_id).await
+    }
+
+    async fn worker_state(&self, id: &WorkerId) -> Result<BackendState, OrchestratorError> {
+        self.backend.worker_state(id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_comparison() {
+        fn check(a: &str, b: &str, expected: bool) {
+            assert_eq!(
+                constant_time_eq(a.as_bytes(), b.as_bytes()),
+                expected,
+                "{a:?} {b:?}"
+            );
+        }
+        check("secret", "secret", true);
+        check("secret", "secreT", false);
+        check("secret", "secrets", false);
+        check("secret", "", false);
+        check("", "", true);
+        check("a\u{0}", "a", false);
+    }
+}
