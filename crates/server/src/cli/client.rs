@@ -1,0 +1,454 @@
+//! What the client subcommands (`run`, `jobs`, `workers`) share: the
+//! `--server` flag, connecting with a clear error, printing tables, times
+//! and durations, and rendering a job's event stream as a readable log.
+//!
+//! Not a subcommand: it has no `Args` of its own and is declared next to the
+//! subcommands by a plain `mod` line in `main.rs`.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hodei_proto::v1::admin_service_client::AdminServiceClient;
+use hodei_proto::v1::job_event::Kind;
+use hodei_proto::v1::job_service_client::JobServiceClient;
+use hodei_proto::v1::{JobEvent, JobStatus, LogStream, StageEventKind, StageResult};
+use tonic::transport::{Channel, Endpoint};
+
+/// The server `--server` defaults to when `HODEI_SERVER` is not set.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:9090";
+
+/// The `--server` flag of the subcommands that only talk to a server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArg {
+    /// The Hodei server's gRPC address
+    #[arg(
+        long,
+        global = true,
+        env = "HODEI_SERVER",
+        default_value = DEFAULT_SERVER,
+        value_name = "URL"
+    )]
+    pub server: String,
+}
+
+/// A connection to one server, with its address kept for error messages.
+#[derive(Debug, Clone)]
+pub struct Client {
+    url: String,
+    channel: Channel,
+}
+
+impl Client {
+    /// Connects to `url` (`http://host:port`; `host:port` is taken as
+    /// `http://host:port`).
+    ///
+    /// # Errors
+    /// `cannot reach the Hodei server at URL: ...` when the address is bad
+    /// or nothing answers there.
+    pub async fn connect(url: &str) -> anyhow::Result<Client> {
+        let url = normalize_url(url);
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| anyhow::anyhow!("cannot reach the Hodei server at {url}: {e}"))?
+            .connect_timeout(Duration::from_secs(5));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the Hodei server at {url}: {}", root(&e)))?;
+        Ok(Client { url, channel })
+    }
+
+    /// A `JobService` client on this connection.
+    pub fn jobs(&self) -> JobServiceClient<Channel> {
+        JobServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024)
+    }
+
+    /// An `AdminService` client on this connection.
+    pub fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel.clone())
+    }
+
+    /// Turns a failed call into an error naming the server when it could
+    /// not be reached, else the server's own message.
+    pub fn error(&self, what: &str, status: tonic::Status) -> anyhow::Error {
+        match status.code() {
+            tonic::Code::Unavailable => anyhow::anyhow!(
+                "cannot reach the Hodei server at {}: {}",
+                self.url,
+                status.message()
+            ),
+            _ => anyhow::anyhow!("{what}: {}", status.message()),
+        }
+    }
+}
+
+/// Adds `http://` when the address has no scheme.
+pub fn normalize_url(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("http://{url}")
+    }
+}
+
+/// The innermost cause of an error, which for connection failures is the
+/// useful part (`Connection refused (os error 111)`).
+fn root(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// A job status as a word: `success`, `failure`, `running`.
+pub fn status_word(status: JobStatus) -> &'static str {
+    match status {
+        JobStatus::Unspecified => "unknown",
+        JobStatus::Queued => "queued",
+        JobStatus::Provisioning => "provisioning",
+        JobStatus::Running => "running",
+        JobStatus::Success => "success",
+        JobStatus::Failure => "failure",
+        JobStatus::Aborted => "aborted",
+        JobStatus::TimedOut => "timed out",
+    }
+}
+
+/// True for the statuses a job ends in.
+pub fn is_final(status: JobStatus) -> bool {
+    matches!(
+        status,
+        JobStatus::Success | JobStatus::Failure | JobStatus::Aborted | JobStatus::TimedOut
+    )
+}
+
+/// A stage result as a word.
+pub fn stage_result_word(result: StageResult) -> &'static str {
+    match result {
+        StageResult::Unspecified => "-",
+        StageResult::Success => "success",
+        StageResult::Failure => "failure",
+        StageResult::Aborted => "aborted",
+        StageResult::Skipped => "skipped",
+        StageResult::TimedOut => "timed out",
+    }
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A timestamp in milliseconds as RFC 3339 UTC to the second; `-` for 0.
+pub fn format_time(ms: u64) -> String {
+    if ms == 0 {
+        return "-".to_owned();
+    }
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// A duration for people: `850ms`, `4.2s`, `3m 05s`, `2h 01m`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1_000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{}.{}s", ms / 1_000, (ms % 1_000) / 100)
+    } else if ms < 3_600_000 {
+        format!("{}m {:02}s", ms / 60_000, (ms % 60_000) / 1_000)
+    } else {
+        format!("{}h {:02}m", ms / 3_600_000, (ms % 3_600_000) / 60_000)
+    }
+}
+
+/// How long a job ran (or has been running), from its timestamps; `-` when
+/// it has not started.
+pub fn job_duration(created_ms: u64, finished_ms: u64) -> String {
+    if created_ms == 0 {
+        return "-".to_owned();
+    }
+    let end = if finished_ms == 0 {
+        now_ms()
+    } else {
+        finished_ms
+    };
+    format_duration(Duration::from_millis(end.saturating_sub(created_ms)))
+}
+
+/// Renders rows under a header as left-aligned columns separated by two
+/// spaces; the last column is not padded.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let columns = header.len();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate().take(columns) {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i + 1 == columns {
+                text.push_str(cell);
+            } else {
+                let pad = widths[i] - cell.chars().count();
+                let _ = write!(text, "{cell}{}  ", " ".repeat(pad));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+/// Cuts `text` to at most `max` characters, ending with `…` when cut, and
+/// keeps only its first line.
+pub fn ellipsize(text: &str, max: usize) -> String {
+    let first = text.lines().next().unwrap_or("");
+    if first.chars().count() <= max && first.len() == text.trim_end().len() {
+        return first.to_owned();
+    }
+    let mut cut: String = first.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// Writes a job's events as a readable log: a `── stage NAME ──` header
+/// whenever the output switches to another stage, step output as it is
+/// (stdout to stdout, stderr to stderr), the server's own lines (`echo`,
+/// errors, skip notices) without the Jenkins `[Pipeline]` markers, which the
+/// headers replace.
+#[derive(Debug)]
+pub struct LogPrinter {
+    current: Option<Vec<String>>,
+    color: bool,
+}
+
+impl Default for LogPrinter {
+    fn default() -> Self {
+        LogPrinter::new()
+    }
+}
+
+/// What the printer saw in one event that its caller may want to act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// Nothing of note.
+    Nothing,
+    /// The job reached this status (with its message).
+    Status(JobStatus, String),
+    /// A worker changed state (`provisioning`, `connected`, `destroyed`,
+    /// `failed`), with the worker's template.
+    Worker {
+        /// The state.
+        state: String,
+        /// The template (empty for a static worker).
+        template: String,
+        /// Details.
+        message: String,
+    },
+}
+
+impl LogPrinter {
+    /// A printer that colours headers only when stdout is a terminal.
+    pub fn new() -> Self {
+        LogPrinter {
+            current: None,
+            color: std::io::stdout().is_terminal(),
+        }
+    }
+
+    /// Writes what `event` shows and reports what it was.
+    pub fn print(&mut self, event: &JobEvent) -> Seen {
+        let mut out = std::io::stdout().lock();
+        match &event.kind {
+            Some(Kind::Log(line)) => {
+                if line.stream() == LogStream::System && is_marker(&line.text) {
+                    return Seen::Nothing;
+                }
+                self.header(&mut out, &line.stage);
+                if line.stream() == LogStream::Stderr {
+                    let _ = out.flush();
+                    eprintln!("{}", line.text);
+                } else {
+                    let _ = writeln!(out, "{}", line.text);
+                }
+                Seen::Nothing
+            }
+            Some(Kind::Stage(stage)) => {
+                match stage.kind() {
+                    StageEventKind::Started => self.header(&mut out, &stage.path),
+                    StageEventKind::Finished => {
+                        let result = stage.result();
+                        if matches!(
+                            result,
+                            StageResult::Failure | StageResult::TimedOut | StageResult::Aborted
+                        ) {
+                            self.header(&mut out, &stage.path);
+                            let reason = if stage.message.is_empty() {
+                                String::new()
+                            } else {
+                                format!(": {}", stage.message)
+                            };
+                            let _ = writeln!(
+                                out,
+                                "stage {} {}{reason}",
+                                stage.path.join(" › "),
+                                stage_result_word(result)
+                            );
+                        }
+                    }
+                    StageEventKind::Unspecified => {}
+                }
+                Seen::Nothing
+            }
+            Some(Kind::Status(status)) => Seen::Status(status.status(), status.message.clone()),
+            Some(Kind::Worker(worker)) => Seen::Worker {
+                state: worker.state.clone(),
+                template: worker.template_id.clone(),
+                message: worker.message.clone(),
+            },
+            None => Seen::Nothing,
+        }
+    }
+
+    fn header(&mut self, out: &mut impl Write, stage: &[String]) {
+        if self.current.as_deref() == Some(stage) {
+            return;
+        }
+        // Pipeline-level lines before the first stage need no header; after
+        // a stage (the pipeline's `post`, its errors) they get one.
+        if stage.is_empty() && self.current.is_none() {
+            return;
+        }
+        let name = if stage.is_empty() {
+            "pipeline".to_owned()
+        } else {
+            format!("stage {}", stage.join(" › "))
+        };
+        if self.color {
+            let _ = writeln!(out, "\x1b[1;36m── {name} ──\x1b[0m");
+        } else {
+            let _ = writeln!(out, "── {name} ──");
+        }
+        self.current = Some(stage.to_vec());
+    }
+}
+
+/// The runner's structural lines that the headers and the final status
+/// replace: `[Pipeline] stage (Build)`, `[Pipeline] sh`, `Finished: SUCCESS`.
+fn is_marker(text: &str) -> bool {
+    text.starts_with("[Pipeline] ") || text.starts_with("Finished: ")
+}
+
+/// Splits a `KEY=VALUE` flag value; the key must be a variable name.
+pub fn parse_pair(text: &str) -> Result<(String, String), String> {
+    let Some((key, value)) = text.split_once('=') else {
+        return Err(format!("expected KEY=VALUE, got {text:?}"));
+    };
+    let valid = key
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!(
+            "expected a name of letters, digits and '_' before '=', got {key:?}"
+        ));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_get_a_scheme() {
+        fn check(input: &str, expected: &str) {
+            assert_eq!(normalize_url(input), expected);
+        }
+        check("127.0.0.1:9090", "http://127.0.0.1:9090");
+        check("http://h:1/", "http://h:1");
+        check(" https://h:1 ", "https://h:1");
+    }
+
+    #[test]
+    fn durations_read_well() {
+        fn check(ms: u64, expected: &str) {
+            assert_eq!(format_duration(Duration::from_millis(ms)), expected);
+        }
+        check(0, "0ms");
+        check(999, "999ms");
+        check(4_250, "4.2s");
+        check(185_000, "3m 05s");
+        check(7_260_000, "2h 01m");
+    }
+
+    #[test]
+    fn times_are_rfc3339() {
+        assert_eq!(format_time(0), "-");
+        assert_eq!(format_time(1_700_000_000_123), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let text = table(
+            &["ID", "STATUS", "MESSAGE"],
+            &[
+                vec!["a".into(), "success".into(), "".into()],
+                vec!["long-id".into(), "failure".into(), "exit 1".into()],
+            ],
+        );
+        assert_eq!(
+            text,
+            "ID       STATUS   MESSAGE\na        success\nlong-id  failure  exit 1\n"
+        );
+    }
+
+    #[test]
+    fn long_messages_are_cut() {
+        assert_eq!(ellipsize("short", 10), "short");
+        assert_eq!(ellipsize("abcdefghijkl", 5), "abcd…");
+        assert_eq!(ellipsize("one\ntwo", 10), "one…");
+    }
+
+    #[test]
+    fn pairs() {
+        fn check(input: &str, expected: Result<(&str, &str), &str>) {
+            let got = parse_pair(input);
+            match expected {
+                Ok((k, v)) => assert_eq!(got, Ok((k.to_owned(), v.to_owned()))),
+                Err(text) => {
+                    let err = got.unwrap_err();
+                    assert!(err.contains(text), "{err}");
+                }
+            }
+        }
+        check("A=1", Ok(("A", "1")));
+        check("_X=a=b", Ok(("_X", "a=b")));
+        check("EMPTY=", Ok(("EMPTY", "")));
+        check("novalue", Err("expected KEY=VALUE"));
+        check("1A=x", Err("expected a name"));
+        check("=x", Err("expected a name"));
+        check("A-B=x", Err("expected a name"));
+    }
+
+    #[test]
+    fn markers_are_hidden() {
+        assert!(is_marker("[Pipeline] stage (Build)"));
+        assert!(is_marker("Finished: SUCCESS"));
+        assert!(!is_marker("Hello from Hodei"));
+    }
+}

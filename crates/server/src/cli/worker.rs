@@ -1,0 +1,77 @@
+//! `hodei worker`: the worker, from the `hodei` executable. The same code,
+//! flags and environment variables as `hodei-worker` (the worker library's
+//! [`WorkerArgs`]), so the local backend can start workers as
+//! `hodei worker` of its own executable when no `hodei-worker` binary is
+//! installed next to it.
+
+use std::process::ExitCode;
+
+use hodei_worker::{Outcome, WorkerArgs};
+
+/// Run a worker: connect to a Hodei server and run the steps it assigns
+///
+/// Every flag falls back to an environment variable (SERVER_HOST,
+/// SERVER_PORT, WORKER_ID, WORKER_NAME, WORKER_CAPABILITIES, EPHEMERAL_MODE,
+/// HODEI_WORKER_TOKEN, HODEI_WORKSPACE_ROOT, HODEI_SERVER_LOST_GRACE); logs
+/// go to stderr, filtered by HODEI_LOG (default info). Exits with 0 after a
+/// shutdown, a finished segment or a signal; 1 when the server refused the
+/// worker; 2 for a bad setting; 3 when the server was lost past the grace
+/// period.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  hodei worker --server-host hodei.example --token \"$TOKEN\" --capabilities linux,git\n  SERVER_HOST=127.0.0.1 HODEI_WORKER_TOKEN=… hodei worker"
+)]
+pub struct Args {
+    #[command(flatten)]
+    worker: WorkerArgs,
+}
+
+/// Runs `hodei worker`.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // A second subscriber (in tests, or when embedded) is not an error.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HODEI_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let config = match args.worker.into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    match hodei_worker::run_until(config, stop_signal()).await {
+        Ok(Outcome::ServerLost { grace }) => {
+            eprintln!("error: server lost for more than {} ms", grace.as_millis());
+            Ok(ExitCode::from(3))
+        }
+        Ok(outcome) => {
+            tracing::info!(?outcome, "worker done");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub(crate) async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
