@@ -42,6 +42,8 @@ subcommands! {
     Templates => templates,
     Lint => lint,
     Plan => plan,
+    Run => run,
+    Server => server,
     Jobs => jobs,
     Workers => workers,
     Worker => worker,
@@ -54,7 +56,7 @@ subcommands! {
 #[command(
     name = "hodei",
     version,
-    after_help = "Examples:\n  hodei jobs list --server http://127.0.0.1:9090\n  hodei templates list\n  hodei templates match 'linux && java-17'\n  hodei templates match docker --min-cpu 2 --templates templates.yaml"
+    after_help = "Examples:\n  hodei run examples/hello/Jenkinsfile\n  hodei server --config hodei.toml\n  hodei jobs list --server http://127.0.0.1:9090\n  hodei templates list\n  hodei templates match 'linux && java-17'\n  hodei templates match docker --min-cpu 2 --templates templates.yaml"
 )]
 struct Cli {
     #[command(subcommand)]

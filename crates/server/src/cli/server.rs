@@ -1,0 +1,117 @@
+//! `hodei server`: the long-running server (gRPC for clients and workers,
+//! HTTP for health and metrics) until SIGINT or SIGTERM.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use hodei_infrastructure::local::LocalConfig;
+use hodei_server::app::Server;
+use hodei_server::config::{Backend, Settings};
+
+/// Run the Hodei server until SIGINT or SIGTERM
+///
+/// Settings come from --config (TOML) with HODEI_<KEY> environment
+/// overrides (HODEI_GRPC_ADDR, HODEI_HTTP_ADDR, HODEI_DATA_DIR,
+/// HODEI_BACKEND, HODEI_TEMPLATES, ...). Logs go to stderr, filtered by
+/// RUST_LOG when set, else by --log-level; the first line says where the
+/// server listens. On a signal the running jobs are cancelled and every
+/// worker is destroyed before the server exits with 0.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  hodei server\n  hodei server --config /etc/hodei/hodei.toml\n  HODEI_GRPC_ADDR=0.0.0.0:9090 RUST_LOG=hodei=debug hodei server"
+)]
+pub struct Args {
+    /// The settings file (TOML); without it, the defaults and HODEI_* variables
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log level when RUST_LOG is not set: error, warn, info, debug, trace
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    log_level: String,
+}
+
+/// Runs `hodei server`.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(value) if !value.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(&value)
+            .map_err(|e| anyhow::anyhow!("RUST_LOG: invalid value {value:?}: {e}"))?,
+        _ => tracing_subscriber::EnvFilter::try_new(&args.log_level).map_err(|e| {
+            anyhow::anyhow!(
+                "--log-level: invalid value {:?}: expected error, warn, info, debug, trace or a filter such as hodei=debug: {e}",
+                args.log_level
+            )
+        })?,
+    };
+    // Fails only when a subscriber is already set (never in the binary).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+
+    let mut settings = Settings::load(args.config.as_deref())?;
+    if settings.backend == Backend::Local
+        && settings.worker_binary.is_none()
+        && LocalConfig::resolve_worker_binary().is_err()
+    {
+        let dir = settings.data_dir.join("bin");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("data_dir: cannot create {}", dir.display()))?;
+        let command = own_worker_command(&dir)?;
+        tracing::info!(worker = %command.display(), "no hodei-worker binary installed: workers run as `hodei worker`");
+        settings.worker_binary = Some(command);
+    }
+    let handle = Server::start(settings).await?;
+    tracing::info!(
+        grpc = %handle.grpc_addr(),
+        http = %handle.http_addr(),
+        server_id = handle.server_id(),
+        "listening"
+    );
+    super::worker::stop_signal().await;
+    tracing::info!("signal received: cancelling jobs and destroying workers");
+    handle.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `dir/hodei-worker`, a two-line shell script that runs
+/// `hodei worker` of this very executable, and returns its path. The local
+/// backend starts it as its worker binary when no `hodei-worker` is
+/// installed (`cargo run -p hodei-server` builds only `hodei`), so the
+/// worker is always the same version as the server.
+pub(crate) fn own_worker_command(dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let exe = std::env::current_exe().context("cannot find the hodei executable")?;
+    let quoted = format!("'{}'", exe.to_string_lossy().replace('\'', r"'\''"));
+    let path = dir.join("hodei-worker");
+    let script = format!(
+        "#!/bin/sh\n# The worker of the hodei executable that started the server.\nexec {quoted} worker \"$@\"\n"
+    );
+    std::fs::write(&path, script).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("cannot make {} executable", path.display()))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_worker_command_runs_this_executable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = own_worker_command(dir.path()).unwrap();
+        let script = std::fs::read_to_string(&path).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        assert!(
+            script.contains(&format!("exec '{}' worker \"$@\"", exe.display())),
+            "{script}"
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+    }
+}
