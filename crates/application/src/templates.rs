@@ -22,6 +22,10 @@ pub enum TemplateRepositoryError {
 /// Implementations keep a stable order: [`WorkerTemplateRepository::find_all`]
 /// returns templates in the order they were first saved, so selection and
 /// listings are reproducible.
+///
+/// With the `mock` feature (and in this crate's tests) mockall generates
+/// `MockWorkerTemplateRepository`.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait WorkerTemplateRepository: Send + Sync {
     /// The template with this id, if any.
