@@ -14,8 +14,9 @@ use super::client::{
 /// Inspect and cancel the jobs of a Hodei server
 ///
 /// Talks to the server named by --server (default: $HODEI_SERVER, else
-/// http://127.0.0.1:9090). Exits with 2 when the server cannot be reached
-/// or the job is unknown.
+/// http://127.0.0.1:9090). `cancel` waits until the job has stopped (its
+/// `post` blocks run, its workers are destroyed). Exits with 2 when the
+/// server cannot be reached or the job is unknown.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  hodei jobs list\n  hodei jobs show 3f2a…\n  hodei jobs logs 3f2a… --follow\n  hodei jobs cancel 3f2a…"
@@ -238,13 +239,43 @@ async fn cancel(client: &Client, id: &str, reason: String) -> anyhow::Result<Exi
         .map_err(|s| client.error(&format!("job {id}"), s))?
         .into_inner();
     let status = response.status();
-    if status == JobStatus::Aborted {
-        println!("job {id}: aborted");
-    } else {
-        println!("job {id}: already ended: {}", status_word(status));
+    if is_final(status) {
+        if status == JobStatus::Aborted {
+            println!("job {id}: aborted");
+        } else {
+            println!("job {id}: already ended: {}", status_word(status));
+        }
+        return Ok(ExitCode::SUCCESS);
     }
-    Ok(ExitCode::SUCCESS)
+    // The job is stopping (its `post` blocks may still run): wait for it.
+    let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+    loop {
+        let job = client
+            .jobs()
+            .get(GetJobRequest {
+                job_id: id.to_owned(),
+            })
+            .await
+            .map_err(|s| client.error(&format!("job {id}"), s))?
+            .into_inner();
+        if is_final(job.status()) {
+            println!("job {id}: {}", status_word(job.status()));
+            return Ok(ExitCode::SUCCESS);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            println!(
+                "job {id}: cancel requested; still {} after {}s",
+                status_word(job.status()),
+                CANCEL_WAIT.as_secs()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
+
+/// How long `cancel` waits for the job to stop.
+const CANCEL_WAIT: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {
