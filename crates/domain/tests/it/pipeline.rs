@@ -1054,6 +1054,35 @@ fn every_example_lints_and_plans() {
     }
 }
 
+#[test]
+fn jenkins_style_pipelines_within_the_subset_lint_clean() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/pipeline");
+    let cases = [
+        (
+            "maven-docker.groovy",
+            vec![
+                "11:9: warning: option `buildDiscarder` has no effect in Hodei and is ignored",
+                "13:9: warning: option `disableConcurrentBuilds` has no effect in Hodei and is ignored",
+                "14:9: warning: option `timestamps` has no effect in Hodei and is ignored",
+            ],
+            1,
+        ),
+        ("sequential-and-parallel.groovy", vec![], 4),
+    ];
+    for (name, warnings, workers) in cases {
+        let source = std::fs::read_to_string(dir.join(name)).expect("fixture");
+        let parsed = parse(name, &source);
+        let found: Vec<String> = parsed.diagnostics.iter().map(|d| d.to_string()).collect();
+        assert_eq!(found, warnings, "{name}");
+        let pipeline = parsed.pipeline.expect("valid");
+        assert_eq!(
+            plan(&pipeline).expect("plannable").segments.len(),
+            workers,
+            "{name}"
+        );
+    }
+}
+
 pub(crate) fn examples() -> Vec<String> {
     example_paths()
         .into_iter()
