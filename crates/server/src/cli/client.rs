@@ -269,18 +269,26 @@ impl LogPrinter {
         }
     }
 
-    /// Writes what `event` shows and reports what it was.
+    /// Writes what `event` shows to stdout and stderr and reports what it
+    /// was.
     pub fn print(&mut self, event: &JobEvent) -> Seen {
-        let mut out = std::io::stdout().lock();
+        let stdout = std::io::stdout();
+        let stderr = std::io::stderr();
+        self.print_to(event, &mut stdout.lock(), &mut stderr.lock())
+    }
+
+    /// Writes what `event` shows to `out` (step stdout, the server's lines,
+    /// headers) and `err` (step stderr) and reports what it was.
+    pub fn print_to(&mut self, event: &JobEvent, out: &mut dyn Write, err: &mut dyn Write) -> Seen {
         match &event.kind {
             Some(Kind::Log(line)) => {
                 if line.stream() == LogStream::System && is_marker(&line.text) {
                     return Seen::Nothing;
                 }
-                self.header(&mut out, &line.stage);
+                self.header(out, &line.stage);
                 if line.stream() == LogStream::Stderr {
                     let _ = out.flush();
-                    eprintln!("{}", line.text);
+                    let _ = writeln!(err, "{}", line.text);
                 } else {
                     let _ = writeln!(out, "{}", line.text);
                 }
@@ -288,14 +296,14 @@ impl LogPrinter {
             }
             Some(Kind::Stage(stage)) => {
                 match stage.kind() {
-                    StageEventKind::Started => self.header(&mut out, &stage.path),
+                    StageEventKind::Started => self.header(out, &stage.path),
                     StageEventKind::Finished => {
                         let result = stage.result();
                         if matches!(
                             result,
                             StageResult::Failure | StageResult::TimedOut | StageResult::Aborted
                         ) {
-                            self.header(&mut out, &stage.path);
+                            self.header(out, &stage.path);
                             let reason = if stage.message.is_empty() {
                                 String::new()
                             } else {
@@ -323,7 +331,7 @@ impl LogPrinter {
         }
     }
 
-    fn header(&mut self, out: &mut impl Write, stage: &[String]) {
+    fn header(&mut self, out: &mut dyn Write, stage: &[String]) {
         if self.current.as_deref() == Some(stage) {
             return;
         }
@@ -443,6 +451,79 @@ mod tests {
         check("1A=x", Err("expected a name"));
         check("=x", Err("expected a name"));
         check("A-B=x", Err("expected a name"));
+    }
+
+    fn log(stage: &[&str], stream: LogStream, text: &str) -> JobEvent {
+        JobEvent {
+            kind: Some(Kind::Log(hodei_proto::v1::LogLine {
+                stage: stage.iter().map(|s| (*s).to_owned()).collect(),
+                step_id: String::new(),
+                stream: stream as i32,
+                text: text.to_owned(),
+            })),
+            ..JobEvent::default()
+        }
+    }
+
+    fn stage(path: &[&str], kind: StageEventKind, result: StageResult, message: &str) -> JobEvent {
+        JobEvent {
+            kind: Some(Kind::Stage(hodei_proto::v1::StageEvent {
+                path: path.iter().map(|s| (*s).to_owned()).collect(),
+                kind: kind as i32,
+                result: result as i32,
+                message: message.to_owned(),
+            })),
+            ..JobEvent::default()
+        }
+    }
+
+    /// Prints `events` without colour and compares stdout and stderr.
+    fn check(events: &[JobEvent], stdout: &str, stderr: &str) {
+        let mut printer = LogPrinter {
+            current: None,
+            color: false,
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        for event in events {
+            printer.print_to(event, &mut out, &mut err);
+        }
+        assert_eq!(String::from_utf8_lossy(&out), stdout);
+        assert_eq!(String::from_utf8_lossy(&err), stderr);
+    }
+
+    #[test]
+    fn logs_get_stage_headers() {
+        use LogStream::{Stderr, Stdout, System};
+        use StageEventKind::{Finished, Started};
+        check(
+            &[
+                log(&[], System, "[Pipeline] Start of Pipeline"),
+                stage(&["Build"], Started, StageResult::Unspecified, ""),
+                log(&["Build"], System, "[Pipeline] sh"),
+                log(&["Build"], Stdout, "compiling"),
+                log(&["Build"], Stderr, "warning: unused"),
+                stage(&["Build"], Finished, StageResult::Success, ""),
+                log(&["Test", "unit"], Stdout, "unit ok"),
+                log(&["Test", "e2e"], Stdout, "e2e ok"),
+                log(&["Test", "unit"], Stdout, "unit done"),
+                stage(
+                    &["Test", "e2e"],
+                    Finished,
+                    StageResult::Failure,
+                    "exit code 2",
+                ),
+                log(&[], System, "the pipeline failed"),
+                log(&[], System, "Finished: FAILURE"),
+            ],
+            "── stage Build ──\ncompiling\n── stage Test › unit ──\nunit ok\n── stage Test › e2e ──\ne2e ok\n── stage Test › unit ──\nunit done\n── stage Test › e2e ──\nstage Test › e2e failure: exit code 2\n── pipeline ──\nthe pipeline failed\n",
+            "warning: unused\n",
+        );
+        // Lines before any stage need no header.
+        check(
+            &[log(&[], System, "ERROR: no agent")],
+            "ERROR: no agent\n",
+            "",
+        );
     }
 
     #[test]

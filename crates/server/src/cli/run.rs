@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hodei_domain::pipeline::parse;
-use hodei_infrastructure::source::{Bytes, pack_directory};
+use hodei_infrastructure::source::{Bytes, PackedSource, pack_directory};
 use hodei_proto::v1::{
     CancelJobRequest, JobStatus, SubmitHeader, SubmitRequest, SubmitSourceChunk, WatchRequest,
     submit_request::Part,
@@ -88,16 +88,36 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
 
+    if std::env::var_os("RUST_LOG").is_some() {
+        // The embedded server's logs, on request only.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+
     // 2. Settings of the embedded server (also the source limit).
     let mut settings = Settings::load(None)?;
     settings.backend = args.backend;
 
-    // 3. Pack the directory.
+    // 3. Pack the directory, unless no worker would unpack it.
     let dir = match args.file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
-    let packed = pack_directory(&dir, settings.max_source_bytes)?;
+    let skip_checkout = parsed
+        .pipeline
+        .as_ref()
+        .is_some_and(|p| p.options.skip_default_checkout);
+    let packed = if skip_checkout {
+        PackedSource {
+            archive: Vec::new(),
+            files: 0,
+            skipped_links: Vec::new(),
+        }
+    } else {
+        pack_directory(&dir, settings.max_source_bytes)?
+    };
     for (link, target) in &packed.skipped_links {
         eprintln!(
             "warning: {}: symbolic link to {} points out of {} and is not sent",

@@ -281,6 +281,25 @@ fn a_source_over_the_limit_exits_2_with_the_way_out() {
 }
 
 #[test]
+fn skip_default_checkout_sends_no_source() {
+    let big = "x".repeat(20_000);
+    let dir = project(&[
+        (
+            "Jenkinsfile",
+            "pipeline { agent any\n options { skipDefaultCheckout() }\n stages { stage('A') { steps { sh 'test ! -e big.bin && echo empty workspace' } } } }\n",
+        ),
+        ("big.bin", &big),
+    ]);
+    check(
+        &["run", &path(dir.path(), "Jenkinsfile")],
+        &[("HODEI_MAX_SOURCE_BYTES", "10Ki")],
+        0,
+        &["empty workspace"],
+        &["Finished: SUCCESS"],
+    );
+}
+
+#[test]
 fn links_out_of_the_tree_are_not_sent() {
     let outside = project(&[("secret.txt", "top secret")]);
     let dir = project(&[
