@@ -652,6 +652,52 @@ impl WorkerOrchestrator for RegisteringOrchestrator {
 mod tests {
     use super::*;
 
+    fn hub() -> WorkerHub {
+        WorkerHub::new(HubConfig {
+            server_id: "srv".into(),
+            heartbeat_interval: Duration::from_secs(1),
+            worker_lost_after: Duration::from_secs(5),
+            hello_timeout: Duration::from_secs(1),
+        })
+    }
+
+    #[test]
+    fn a_token_is_checked_used_once_and_never_echoed() {
+        let hub = hub();
+        let id = WorkerId::new("w-1").unwrap();
+        hub.expect(id.clone(), OneTimeToken::new("s3cret-token"));
+        let refused = |worker: &str, token: &str| {
+            let status = hub.authenticate(worker, token).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unauthenticated);
+            assert!(!status.message().contains(token), "{}", status.message());
+        };
+        refused("w-1", "s3cret-tokeN");
+        refused("w-1", "");
+        refused("w-2", "s3cret-token");
+        refused("not a valid id!", "s3cret-token");
+        assert_eq!(hub.authenticate("w-1", "s3cret-token").unwrap(), id);
+        refused("w-1", "s3cret-token");
+        hub.forget(&id);
+        refused("w-1", "s3cret-token");
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_worker_that_never_connects_times_out() {
+        let hub = hub();
+        let id = WorkerId::new("w-9").unwrap();
+        let err = hub
+            .wait_connected(&id, Duration::from_millis(20))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            LinkError::NotConnected {
+                worker: id,
+                after: Duration::from_millis(20)
+            }
+        );
+    }
+
     #[test]
     fn constant_time_comparison() {
         fn check(a: &str, b: &str, expected: bool) {

@@ -2,5 +2,7 @@
 
 mod cli_run;
 mod cli_server;
+mod e2e;
 mod pipeline;
+mod support;
 mod templates;

@@ -1,0 +1,463 @@
+//! End to end: a server in-process on 127.0.0.1 port 0, real gRPC, the real
+//! `hodei-worker` binary as local processes. After every test no worker
+//! process remains (checked by pid and by the `WORKER_ID` in process
+//! environments).
+
+use std::time::Duration;
+
+use hodei_proto::v1 as pb;
+use hodei_proto::v1::worker_service_client::WorkerServiceClient;
+
+use crate::support::{
+    self, assert_no_worker_process, live_worker_processes, run, source, start, start_with, submit,
+    watch, watch_until_line,
+};
+
+fn status_of(watched: &support::Watched) -> (pb::JobStatus, String) {
+    watched.status.clone().expect("the job reported a status")
+}
+
+#[test]
+fn hello_world() {
+    run(async {
+        let server = start().await;
+        let mut client = server.jobs().await;
+        let pipeline = "pipeline {\n  agent any\n  stages {\n    stage('Hello') {\n      steps {\n        sh 'echo hello world'\n      }\n    }\n  }\n}\n";
+        let job = submit(&mut client, pipeline, Vec::new()).await.unwrap();
+        let watched = watch(&mut client, &job, 0).await;
+        assert_eq!(
+            status_of(&watched).0,
+            pb::JobStatus::Success,
+            "{watched:#?}"
+        );
+        assert!(watched.has_line("hello world"), "{:?}", watched.lines);
+        assert_eq!(watched.stages.get("Hello"), Some(&pb::StageResult::Success));
+        let sequences: Vec<u64> = watched.events.iter().map(|e| e.sequence).collect();
+        assert_eq!(sequences, (0..sequences.len() as u64).collect::<Vec<_>>());
+
+        // A watcher joining late gets the whole history, from any position.
+        let late = watch(&mut client, &job, 0).await;
+        assert_eq!(late.events, watched.events);
+        let tail = watch(&mut client, &job, 2).await;
+        assert_eq!(tail.events.as_slice(), &watched.events[2..]);
+
+        let got = client
+            .get(pb::GetJobRequest {
+                job_id: job.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.status, pb::JobStatus::Success as i32);
+        assert_eq!(got.build_number, 1);
+        assert_eq!(got.stages.len(), 1);
+        assert_eq!(got.stages[0].result, pb::StageResult::Success as i32);
+        let listed = client
+            .list(pb::ListJobsRequest {
+                statuses: vec![pb::JobStatus::Success as i32],
+                limit: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.jobs.len(), 1);
+        assert_eq!(listed.jobs[0].id, job);
+
+        let created = server.stop().await;
+        assert_eq!(created.len(), 1);
+    });
+}
+
+#[test]
+fn http_health_readiness_and_metrics() {
+    run(async {
+        let server = start().await;
+        let mut client = server.jobs().await;
+        let job = submit(
+            &mut client,
+            "pipeline { agent any; stages { stage('A') { steps { sh 'true' } } } }",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+        let watched = watch(&mut client, &job, 0).await;
+        assert_eq!(status_of(&watched).0, pb::JobStatus::Success);
+
+        let addr = server.handle.http_addr();
+        let (code, body) = http_get(addr, "/healthz").await;
+        assert_eq!((code, body.as_str()), (200, "ok\n"));
+        let (code, body) = http_get(addr, "/readyz").await;
+        assert_eq!((code, body.as_str()), (200, "ready\n"));
+        let (code, body) = http_get(addr, "/metrics").await;
+        assert_eq!(code, 200);
+        for expected in [
+            "hodei_queue_depth 0",
+            "hodei_jobs_finished_total{result=\"succeeded\"} 1",
+            "hodei_provisioning_seconds_count 1",
+        ] {
+            assert!(body.contains(expected), "{expected:?} in {body}");
+        }
+        let (code, _) = http_get(addr, "/nothing").await;
+        assert_eq!(code, 404);
+        server.stop().await;
+    });
+}
+
+/// A minimal HTTP/1.1 GET; returns the status code and the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[test]
+fn a_step_reads_a_file_of_the_submitted_source() {
+    run(async {
+        let server = start().await;
+        let mut client = server.jobs().await;
+        let archive = source(&[("data/input.txt", "from the submitted source\n")]);
+        let pipeline = "pipeline {\n  agent any\n  stages {\n    stage('Read') {\n      steps {\n        sh 'cat data/input.txt'\n      }\n    }\n  }\n}\n";
+        let job = submit(&mut client, pipeline, archive).await.unwrap();
+        let watched = watch(&mut client, &job, 0).await;
+        assert_eq!(
+            status_of(&watched).0,
+            pb::JobStatus::Success,
+            "{watched:#?}"
+        );
+        assert!(
+            watched.has_line("from the submitted source"),
+            "{:?}",
+            watched.lines
+        );
+        server.stop().await;
+    });
+}
+
+#[test]
+fn a_failing_step_fails_the_job_with_its_exit_code_and_runs_post_failure() {
+    run(async {
+        let server = start().await;
+        let mut client = server.jobs().await;
+        let pipeline = "pipeline {\n  agent any\n  stages {\n    stage('Build') {\n      steps {\n        sh 'echo building; exit 3'\n      }\n    }\n    stage('Later') {\n      steps { sh 'echo never' }\n    }\n  }\n  post {\n    failure { echo 'post failure ran' }\n    success { echo 'post success ran' }\n  }\n}\n";
+        let job = submit(&mut client, pipeline, Vec::new()).await.unwrap();
+        let watched = watch(&mut client, &job, 0).await;
+        let (status, message) = status_of(&watched);
+        assert_eq!(status, pb::JobStatus::Failure, "{watched:#?}");
+        assert!(message.contains("exit code 3"), "{message}");
+        assert!(watched.has_line("building"));
+        assert!(watched.has_line("post failure ran"), "{:?}", watched.lines);
+        assert!(!watched.has_line("post success ran"));
+        assert!(!watched.has_line("never"));
+        assert_eq!(watched.stages.get("Build"), Some(&pb::StageResult::Failure));
+        assert_eq!(watched.stages.get("Later"), Some(&pb::StageResult::Skipped));
+        server.stop().await;
+    });
+}
+
+#[test]
+fn two_stages_with_their_own_agents_get_two_workers_each_destroyed() {
+    run(async {
+        let server = start().await;
+        let mut client = server.jobs().await;
+        let pipeline = "pipeline {\n  agent none\n  stages {\n    stage('One') {\n      agent any\n      steps { sh 'echo \"first on $WORKER_NAME\"' }\n    }\n    stage('Two') {\n      agent any\n      steps { sh 'echo \"second on $WORKER_NAME\"' }\n    }\n  }\n}\n";
+        let job = submit(&mut client, pipeline, Vec::new()).await.unwrap();
+        let watched = watch(&mut client, &job, 0).await;
+        assert_eq!(
+            status_of(&watched).0,
+            pb::JobStatus::Success,
+            "{watched:#?}"
+        );
+        let first = watched.lines.iter().find(|l| l.starts_with("first on "));
+        let second = watched.lines.iter().find(|l| l.starts_with("second on "));
+        let (Some(first), Some(second)) = (first, second) else {
+            panic!("both stages printed: {:?}", watched.lines);
+        };
+        assert_ne!(first["first on ".len()..], second["second on ".len()..]);
+        let created = server.handle.created_workers();
+        assert_eq!(created.len(), 2, "{created:?}");
+        assert_ne!(created[0].worker_id, created[1].worker_id);
+        // Destroyed when their stages ended, not only at shutdown.
+        assert_no_worker_process(&created).await;
+        let destroyed: Vec<&pb::WorkerEvent> = watched
+            .events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                Some(pb::job_event::Kind::Worker(w)) if w.state == "destroyed" => Some(w),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(destroyed.len(), 2, "{:?}", watched.events);
+        server.stop().await;
+    });
+}
+
+#[test]
+fn parallel_branches_really_overlap() {
+    run(async {
+        let server = start().await;
+        let mut client = server.jobs().await;
+        // Each branch announces itself and then waits for the other's file:
+        // neither can finish unless both run at the same time. The loop's
+        // own bound (20 s) fails the job instead of hanging.
+        let wait_for = |mine: &str, other: &str| {
+            format!(
+                "touch {mine}; i=0; while [ ! -f {other} ]; do i=$((i+1)); if [ $i -gt 200 ]; then echo \"no {other}\"; exit 1; fi; sleep 0.1; done; echo \"{mine} saw {other}\""
+            )
+        };
+        let pipeline = format!(
+            "pipeline {{\n  agent any\n  stages {{\n    stage('Both') {{\n      parallel {{\n        stage('A') {{\n          steps {{ sh '{}' }}\n        }}\n        stage('B') {{\n          steps {{ sh '{}' }}\n        }}\n      }}\n    }}\n  }}\n}}\n",
+            wait_for("a.ready", "b.ready"),
+            wait_for("b.ready", "a.ready"),
+        );
+        let job = submit(&mut client, &pipeline, Vec::new()).await.unwrap();
+        let watched = watch(&mut client, &job, 0).await;
+        assert_eq!(
+            status_of(&watched).0,
+            pb::JobStatus::Success,
+            "{watched:#?}"
+        );
+        assert!(watched.has_line("a.ready saw b.ready"));
+        assert!(watched.has_line("b.ready saw a.ready"));
+        server.stop().await;
+    });
+}
+
+#[test]
+fn cancel_kills_the_running_step_and_destroys_the_worker() {
+    run(async {
+        let server = start().await;
+        let mut client = server.jobs().await;
+        let pipeline = "pipeline {\n  agent any\n  stages {\n    stage('Long') {\n      steps { sh 'echo \"step pid $$\"; sleep 300' }\n    }\n  }\n  post {\n    aborted { echo 'post aborted ran' }\n  }\n}\n";
+        let job = submit(&mut client, pipeline, Vec::new()).await.unwrap();
+        let seen = watch_until_line(&mut client, &job, "step pid ").await;
+        let pid: u32 = seen
+            .lines
+            .iter()
+            .find_map(|l| l.strip_prefix("step pid "))
+            .and_then(|p| p.trim().parse().ok())
+            .expect("the step printed its pid");
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        let answer = client
+            .cancel(pb::CancelJobRequest {
+                job_id: job.clone(),
+                reason: "stopped by the test".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.status, pb::JobStatus::Running as i32);
+        let watched = watch(&mut client, &job, 0).await;
+        let (status, message) = status_of(&watched);
+        assert_eq!(status, pb::JobStatus::Aborted, "{watched:#?}");
+        assert_eq!(message, "stopped by the test");
+        assert!(watched.has_line("post aborted ran"), "{:?}", watched.lines);
+        let created = server.handle.created_workers();
+        assert_eq!(created.len(), 1);
+        assert_no_worker_process(&created).await;
+        assert!(
+            live_worker_processes(&created).is_empty(),
+            "the step's shell {pid} is gone"
+        );
+        // Cancelling a finished job answers its final status.
+        let again = client
+            .cancel(pb::CancelJobRequest {
+                job_id: job.clone(),
+                reason: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(again.status, pb::JobStatus::Aborted as i32);
+        server.stop().await;
+    });
+}
+
+#[test]
+fn a_worker_killed_mid_step_fails_the_job_with_a_clear_reason() {
+    run(async {
+        let server = start().await;
+        let mut client = server.jobs().await;
+        let pipeline = "pipeline {\n  agent any\n  stages {\n    stage('Long') {\n      steps { sh 'echo started; sleep 300' }\n    }\n  }\n}\n";
+        let job = submit(&mut client, pipeline, Vec::new()).await.unwrap();
+        watch_until_line(&mut client, &job, "started").await;
+        let created = server.handle.created_workers();
+        assert_eq!(created.len(), 1);
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", &created[0].backend_id])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let watched = watch(&mut client, &job, 0).await;
+        let (status, message) = status_of(&watched);
+        assert_eq!(status, pb::JobStatus::Failure, "{watched:#?}");
+        assert!(
+            message.contains(&format!("worker {} was lost", created[0].worker_id)),
+            "{message}"
+        );
+        assert_no_worker_process(&created).await;
+        server.stop().await;
+    });
+}
+
+#[test]
+fn a_worker_that_cannot_start_fails_the_job_with_its_reason() {
+    run(async {
+        let server = start_with(|s| {
+            s.worker_binary = Some("/nonexistent/dir/hodei-worker".into());
+        })
+        .await;
+        let mut client = server.jobs().await;
+        let job = submit(
+            &mut client,
+            "pipeline { agent any; stages { stage('A') { steps { sh 'true' } } } }",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+        let watched = watch(&mut client, &job, 0).await;
+        let (status, message) = status_of(&watched);
+        assert_eq!(status, pb::JobStatus::Failure, "{watched:#?}");
+        assert!(
+            message.contains("/nonexistent/dir/hodei-worker"),
+            "{message}"
+        );
+        let failed = watched.events.iter().any(
+            |e| matches!(&e.kind, Some(pb::job_event::Kind::Worker(w)) if w.state == "failed"),
+        );
+        assert!(failed, "{:?}", watched.events);
+        server.stop().await;
+    });
+}
+
+#[test]
+fn a_wrong_token_is_refused() {
+    run(async {
+        let server = start().await;
+        let mut worker = WorkerServiceClient::new(server.channel().await);
+        let hello = pb::WorkerMessage {
+            kind: Some(pb::worker_message::Kind::Hello(pb::Hello {
+                worker_id: "w-intruder".into(),
+                token: "guessed-secret".into(),
+                name: "intruder".into(),
+                protocol_version: 1,
+                ..Default::default()
+            })),
+        };
+        let refused = worker
+            .connect(tokio_stream::iter(vec![hello]))
+            .await
+            .expect_err("the connection is refused");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert!(!refused.message().contains("guessed-secret"));
+
+        let not_hello = pb::WorkerMessage {
+            kind: Some(pb::worker_message::Kind::Heartbeat(pb::Heartbeat {
+                sent_at_ms: 1,
+            })),
+        };
+        let refused = worker
+            .connect(tokio_stream::iter(vec![not_hello]))
+            .await
+            .expect_err("a stream without hello is refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        server.stop().await;
+    });
+}
+
+#[test]
+fn bad_pipelines_and_unservable_agents_are_refused_at_submission() {
+    run(async {
+        let server = start().await;
+        let mut client = server.jobs().await;
+        let refused = submit(
+            &mut client,
+            "pipeline {\n  agent any\n  stages {\n    stage('A') {\n      steps { sh }\n    }\n  }\n}\n",
+            Vec::new(),
+        )
+        .await
+        .expect_err("a broken pipeline is refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused.message().starts_with("Jenkinsfile:5:"),
+            "{}",
+            refused.message()
+        );
+
+        let refused = submit(
+            &mut client,
+            "pipeline {\n  agent { docker { image 'maven:3' } }\n  stages {\n    stage('A') { steps { sh 'true' } }\n  }\n}\n",
+            Vec::new(),
+        )
+        .await
+        .expect_err("a docker agent cannot run on the local backend");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused
+                .message()
+                .starts_with("Jenkinsfile:2:3: no worker template matches"),
+            "{}",
+            refused.message()
+        );
+        assert!(
+            refused.message().contains("maven:3"),
+            "{}",
+            refused.message()
+        );
+
+        let refused = submit(
+            &mut client,
+            "pipeline {\n  agent { label 'no-such-tool-here' }\n  stages {\n    stage('A') { steps { sh 'true' } }\n  }\n}\n",
+            Vec::new(),
+        )
+        .await
+        .expect_err("a label the host lacks is refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused.message().contains("no-such-tool-here"),
+            "{}",
+            refused.message()
+        );
+        let listed = client
+            .list(pb::ListJobsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(listed.jobs.is_empty(), "nothing was stored");
+        let created = server.stop().await;
+        assert!(created.is_empty());
+    });
+}
+
+#[test]
+fn shutdown_cancels_running_jobs_and_leaves_no_worker() {
+    run(async {
+        let server = start().await;
+        let mut client = server.jobs().await;
+        let job = submit(
+            &mut client,
+            "pipeline { agent any; stages { stage('Long') { steps { sh 'echo started; sleep 300' } } } }",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+        watch_until_line(&mut client, &job, "started").await;
+        let stopping = tokio::time::Instant::now();
+        let created = server.stop().await;
+        assert_eq!(created.len(), 1);
+        assert!(stopping.elapsed() < Duration::from_secs(60));
+    });
+}
