@@ -669,7 +669,11 @@ mod tests {
         let refused = |worker: &str, token: &str| {
             let status = hub.authenticate(worker, token).unwrap_err();
             assert_eq!(status.code(), tonic::Code::Unauthenticated);
-            assert!(!status.message().contains(token), "{}", status.message());
+            assert!(
+                token.is_empty() || !status.message().contains(token),
+                "{}",
+                status.message()
+            );
         };
         refused("w-1", "s3cret-tokeN");
         refused("w-1", "");
