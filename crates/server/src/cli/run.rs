@@ -339,7 +339,7 @@ impl Spinner {
                     return;
                 }
                 let text = if template.is_empty() {
-                    "waiting for a worker".to_owned()
+                    "provisioning a worker".to_owned()
                 } else {
                     format!("provisioning a worker from template {template}")
                 };

@@ -255,3 +255,29 @@ fn jobs_and_workers_name_an_unreachable_server() {
         );
     }
 }
+
+#[test]
+fn hodei_worker_takes_the_worker_flags_and_is_refused_without_a_token() {
+    let out = hodei(&tag())
+        .args(["worker", "--server-port", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--server-port/SERVER_PORT: expected a port number"),
+        "{stderr}"
+    );
+
+    let server = ServerProcess::start();
+    let port = server.url.rsplit(':').next().unwrap().to_owned();
+    let out = hodei(&server.tag)
+        .args(["worker", "--server-port", &port, "--token", "not-a-token"])
+        .args(["--worker-id", "intruder", "--server-lost-grace", "5s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refused by the server"), "{stderr}");
+    server.stop("TERM");
+}
