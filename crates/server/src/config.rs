@@ -10,9 +10,20 @@
 //! max_workers = 32                  # HODEI_MAX_WORKERS
 //! provisioning_timeout = "60s"      # HODEI_PROVISIONING_TIMEOUT
 //! job_timeout = "6h"                # HODEI_JOB_TIMEOUT (longest any job may run)
+//! advertise_host = "hodei.svc"      # HODEI_ADVERTISE_HOST (the host workers dial)
+//! server_id = "hodei-prod"          # HODEI_SERVER_ID (on every backend object)
+//! heartbeat_interval = "5s"         # HODEI_HEARTBEAT_INTERVAL
+//! worker_lost_after = "30s"         # HODEI_WORKER_LOST_AFTER
+//! max_source_bytes = "64Mi"         # HODEI_MAX_SOURCE_BYTES (workspace source limit)
+//! worker_binary = "/usr/local/bin/hodei-worker"  # HODEI_WORKER_BINARY (local backend)
 //! ```
 //!
 //! A bad value is an error naming the key (and, for the file, its line).
+//!
+//! Clients (`hodei run`, `hodei jobs`, `hodei workers`) read `HODEI_SERVER`
+//! as the default for `--server`; `hodei run` without a server starts an
+//! embedded one with these settings, on 127.0.0.1 with free ports and a
+//! temporary data directory.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -403,6 +414,34 @@ mod tests {
         );
         check("max_source_bytes = \"-1\"\n", "invalid value \"-1\"");
         check("grpc_addr = \"nowhere\"\n", "line 1");
+    }
+
+    /// The example in the module documentation parses, sets every key, and
+    /// names each key's environment variable.
+    #[test]
+    fn the_documented_example_is_valid() {
+        let source = include_str!("config.rs");
+        let example: String = source
+            .lines()
+            .skip_while(|l| *l != "//! ```toml")
+            .skip(1)
+            .take_while(|l| *l != "//! ```")
+            .map(|l| format!("{}\n", l.trim_start_matches("//!").trim()))
+            .collect();
+        let settings = Settings::from_toml(&example).unwrap();
+        assert_eq!(settings.max_source_bytes, 64 * 1024 * 1024);
+        assert_eq!(settings.server_id.as_deref(), Some("hodei-prod"));
+        let mut env = Settings::default();
+        for line in example.lines() {
+            let (key, rest) = line.split_once('=').unwrap();
+            let var = format!("HODEI_{}", key.trim().to_uppercase());
+            assert!(rest.contains(&format!("# {var}")), "{line}");
+            let value = rest.split('#').next().unwrap().trim().trim_matches('"');
+            env.apply_env(|v| (v == var).then(|| value.to_owned()))
+                .unwrap_or_else(|e| panic!("{var}: {e}"));
+        }
+        assert_eq!(env.max_workers, 32);
+        assert_eq!(env.worker_facing_host(), "hodei.svc");
     }
 
     #[test]
