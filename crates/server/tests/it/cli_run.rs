@@ -173,6 +173,24 @@ fn a_malformed_pipeline_exits_2_with_the_position() {
 }
 
 #[test]
+fn a_pipeline_no_worker_can_run_exits_2_with_the_reason() {
+    let dir = project(&[(
+        "Jenkinsfile",
+        "pipeline {\n  agent { label 'windows' }\n  stages { stage('A') { steps { sh 'true' } } }\n}\n",
+    )]);
+    let file = path(dir.path(), "Jenkinsfile");
+    check(
+        &["run", &file],
+        &[],
+        2,
+        &[],
+        &[&format!(
+            "{file}:2:3: no worker template matches label 'windows'"
+        )],
+    );
+}
+
+#[test]
 fn bad_flags_and_missing_files_exit_2() {
     check(
         &["run", "examples/hello/Jenkinsfile", "-e", "NOEQUALS"],
