@@ -707,7 +707,10 @@ impl Inner {
             let page = self.ports.jobs.read_logs(id, from, 1024).await?;
             let Some(last) = page.last() else { break };
             from = last.seq + 1;
-            for entry in page {
+            for mut entry in page {
+                if entry.chunk.data.last() == Some(&b'\n') {
+                    entry.chunk.data.pop();
+                }
                 journal.push(
                     entry.chunk.at,
                     UpdateKind::Log {
@@ -1091,3 +1094,6 @@ fn stage_result(status: &StageStatus) -> (StageResult, String) {
         StageStatus::Skipped(why) => (StageResult::Skipped, format!("skipped due to {why}")),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,530 @@
+//! Unit tests of [`CreateAndExecuteJob`] with mockall mocks of its ports and
+//! a scripted worker link.
+
+use std::sync::Mutex as StdMutex;
+
+use async_trait::async_trait;
+use hodei_domain::JobStatusKind;
+use hodei_domain::pipeline::AgentKind;
+use tokio::sync::Notify;
+
+use super::*;
+use crate::events::MockEventPublisher;
+use crate::id_generator::MockIdGenerator;
+use crate::jobs::{LogEntry, MockJobRepository};
+use crate::provider::SegmentRequest;
+use crate::worker_link::{
+    Assignment, LinkError, LogSink, StepAction, StepOutcome, StepRequest, WorkerLink,
+};
+
+mockall::mock! {
+    Provider {}
+
+    #[async_trait]
+    impl WorkerProvider for Provider {
+        async fn acquire(&self, request: SegmentRequest) -> Result<Arc<dyn WorkerLink>, ProvisionError>;
+        async fn check(&self, agent: &AgentKind) -> Result<(), ProvisionError>;
+        async fn release(&self, worker: &WorkerId, reason: &str);
+    }
+}
+
+/// Time from tokio.
+struct TokioClock(tokio::time::Instant);
+
+#[async_trait]
+impl Clock for TokioClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.elapsed().as_millis() as u64)
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        tokio::time::sleep(duration).await;
+    }
+}
+
+/// A worker whose steps follow their script: `exit N` fails with N,
+/// `block` runs until cancelled, `chunks` writes `a\nb` then `c\n`, anything
+/// else prints `out: SCRIPT`.
+#[derive(Debug)]
+struct FakeLink {
+    id: WorkerId,
+    cancelled: Notify,
+}
+
+#[async_trait]
+impl WorkerLink for FakeLink {
+    fn worker_id(&self) -> &WorkerId {
+        &self.id
+    }
+
+    async fn assign(&self, _assignment: Assignment) -> Result<(), LinkError> {
+        Ok(())
+    }
+
+    async fn run_step(
+        &self,
+        request: StepRequest,
+        sink: Arc<dyn LogSink>,
+    ) -> Result<StepOutcome, LinkError> {
+        let StepAction::Sh { script } = &request.action else {
+            return Ok(StepOutcome::Success);
+        };
+        let id = request.step_id.as_str();
+        if let Some(code) = script.strip_prefix("exit ") {
+            return Ok(StepOutcome::Failed {
+                exit_code: code.parse().unwrap_or(1),
+            });
+        }
+        match script.as_str() {
+            "block" => {
+                self.cancelled.notified().await;
+                Ok(StepOutcome::Cancelled)
+            }
+            "chunks" => {
+                sink.log(id, LogStream::Stdout, b"a\nb");
+                sink.log(id, LogStream::Stdout, b"c\n");
+                sink.log(id, LogStream::Stderr, b"no newline");
+                Ok(StepOutcome::Success)
+            }
+            other => {
+                sink.log(id, LogStream::Stdout, format!("out: {other}\n").as_bytes());
+                Ok(StepOutcome::Success)
+            }
+        }
+    }
+
+    async fn cancel_step(&self, _step_id: &str, _reason: &str) -> Result<(), LinkError> {
+        self.cancelled.notify_one();
+        Ok(())
+    }
+
+    async fn shutdown(&self, _reason: &str) -> Result<(), LinkError> {
+        Ok(())
+    }
+}
+
+/// What the mocks saw.
+#[derive(Default)]
+struct Seen {
+    saved: StdMutex<Vec<Job>>,
+    logs: StdMutex<Vec<LogChunk>>,
+    events: StdMutex<Vec<DomainEvent>>,
+    released: StdMutex<Vec<String>>,
+}
+
+struct Setup {
+    jobs: CreateAndExecuteJob,
+    seen: Arc<Seen>,
+}
+
+enum Provide {
+    Link,
+    Fail(ProvisionError),
+}
+
+fn setup_with(
+    config: JobsConfig,
+    check: Result<(), ProvisionError>,
+    provide: Provide,
+    save_fails: bool,
+) -> Setup {
+    let seen = Arc::new(Seen::default());
+    let mut repo = MockJobRepository::new();
+    let s = seen.clone();
+    repo.expect_save().returning(move |job| {
+        if save_fails {
+            return Err(JobRepositoryError::Backend("disk full".into()));
+        }
+        lock(&s.saved).push(job);
+        Ok(())
+    });
+    let s = seen.clone();
+    repo.expect_find_by_id()
+        .returning(move |id| Ok(lock(&s.saved).iter().rev().find(|j| j.id() == id).cloned()));
+    repo.expect_list().returning(|_| Ok(Vec::new()));
+    repo.expect_next_build_number().returning(|_| Ok(7));
+    let s = seen.clone();
+    repo.expect_append_log().returning(move |_, chunk| {
+        let mut logs = lock(&s.logs);
+        logs.push(chunk);
+        Ok(logs.len() as u64 - 1)
+    });
+    let s = seen.clone();
+    repo.expect_read_logs().returning(move |_, from, limit| {
+        Ok(lock(&s.logs)
+            .iter()
+            .enumerate()
+            .skip(from as usize)
+            .take(limit)
+            .map(|(i, chunk)| LogEntry {
+                seq: i as u64,
+                chunk: chunk.clone(),
+            })
+            .collect())
+    });
+    let mut events = MockEventPublisher::new();
+    let s = seen.clone();
+    events
+        .expect_publish()
+        .returning(move |event| lock(&s.events).push(event));
+    let mut ids = MockIdGenerator::new();
+    ids.expect_new_job_id()
+        .returning(|| JobId::new("job-1").unwrap());
+    let mut provider = MockProvider::new();
+    provider.expect_check().returning(move |_| check.clone());
+    match provide {
+        Provide::Link => {
+            let link: Arc<dyn WorkerLink> = Arc::new(FakeLink {
+                id: WorkerId::new("w-1").unwrap(),
+                cancelled: Notify::new(),
+            });
+            provider
+                .expect_acquire()
+                .returning(move |_| Ok(link.clone()));
+        }
+        Provide::Fail(error) => {
+            provider
+                .expect_acquire()
+                .returning(move |_| Err(error.clone()));
+        }
+    }
+    let s = seen.clone();
+    provider
+        .expect_release()
+        .returning(move |worker, _| lock(&s.released).push(worker.to_string()));
+    let jobs = CreateAndExecuteJob::new(
+        config,
+        JobPorts {
+            jobs: Arc::new(repo),
+            events: Arc::new(events),
+            clock: Arc::new(TokioClock(tokio::time::Instant::now())),
+            ids: Arc::new(ids),
+            provider: Arc::new(provider),
+        },
+    );
+    Setup { jobs, seen }
+}
+
+fn setup() -> Setup {
+    setup_with(JobsConfig::default(), Ok(()), Provide::Link, false)
+}
+
+fn submission(steps: &str) -> Submission {
+    Submission {
+        name: "demo".into(),
+        file: "Jenkinsfile".into(),
+        pipeline: format!(
+            "pipeline {{\n  agent any\n  stages {{\n    stage('Build') {{\n      steps {{\n        {steps}\n      }}\n    }}\n  }}\n  post {{\n    failure {{ echo 'post failure' }}\n  }}\n}}\n"
+        ),
+        ..Submission::default()
+    }
+}
+
+/// Runs the submission to its end; returns the final status and the
+/// journal.
+async fn run_to_end(setup: &Setup, steps: &str) -> (JobStatus, Vec<JobUpdate>) {
+    let submitted = setup.jobs.submit(submission(steps)).await.unwrap();
+    assert_eq!(submitted.build_number, 7);
+    let status = setup.jobs.wait(&submitted.job_id).await.unwrap();
+    let mut watch = setup.jobs.watch(&submitted.job_id, 0).await.unwrap();
+    let mut updates = Vec::new();
+    while let Some(update) = watch.next().await {
+        updates.push(update);
+    }
+    (status, updates)
+}
+
+fn statuses(updates: &[JobUpdate]) -> Vec<JobStatusKind> {
+    updates
+        .iter()
+        .filter_map(|u| match &u.kind {
+            UpdateKind::Status(s) => Some(s.kind()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn lines(updates: &[JobUpdate]) -> Vec<String> {
+    updates
+        .iter()
+        .filter_map(|u| match &u.kind {
+            UpdateKind::Log { data, .. } => Some(String::from_utf8_lossy(data).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_successful_job_is_stored_journaled_and_published() {
+    let setup = setup();
+    let (status, updates) = run_to_end(&setup, "sh 'echo hi'").await;
+    assert_eq!(status, JobStatus::Succeeded);
+    assert_eq!(
+        statuses(&updates),
+        [
+            JobStatusKind::Queued,
+            JobStatusKind::Running,
+            JobStatusKind::Succeeded
+        ]
+    );
+    let seqs: Vec<u64> = updates.iter().map(|u| u.seq).collect();
+    assert_eq!(seqs, (0..updates.len() as u64).collect::<Vec<_>>());
+    assert!(
+        lines(&updates).contains(&"out: echo hi".to_owned()),
+        "{updates:#?}"
+    );
+    let stored: Vec<Vec<u8>> = lock(&setup.seen.logs)
+        .iter()
+        .map(|c| c.data.clone())
+        .collect();
+    assert!(stored.contains(&b"out: echo hi\n".to_vec()));
+    let saved: Vec<JobStatusKind> = lock(&setup.seen.saved)
+        .iter()
+        .map(|j| j.status().kind())
+        .collect();
+    assert_eq!(
+        saved,
+        [
+            JobStatusKind::Queued,
+            JobStatusKind::Running,
+            JobStatusKind::Succeeded
+        ]
+    );
+    let names: Vec<&str> = lock(&setup.seen.events)
+        .iter()
+        .map(DomainEvent::name)
+        .collect::<Vec<_>>()
+        .clone();
+    assert_eq!(names.first(), Some(&"job_queued"));
+    assert_eq!(names.last(), Some(&"job_finished"));
+    assert!(names.contains(&"stage_started") && names.contains(&"stage_finished"));
+    assert_eq!(*lock(&setup.seen.released), ["w-1"]);
+    let stages = setup.jobs.stages(&JobId::new("job-1").unwrap());
+    assert_eq!(stages.len(), 1);
+    assert_eq!(stages[0].result, Some(StageResult::Success));
+    assert!(setup.jobs.running_jobs().is_empty());
+    assert_eq!(setup.jobs.waiting_segments(), 0);
+}
+
+#[tokio::test]
+async fn output_is_split_into_lines() {
+    let setup = setup();
+    let (_, updates) = run_to_end(&setup, "sh 'chunks'").await;
+    let all = lines(&updates);
+    let step_lines: Vec<&String> = all
+        .iter()
+        .filter(|l| ["a", "bc", "no newline"].contains(&l.as_str()))
+        .collect();
+    assert_eq!(step_lines, ["a", "bc", "no newline"]);
+}
+
+#[tokio::test]
+async fn a_failing_step_fails_the_job_with_its_exit_code_and_runs_post() {
+    let setup = setup();
+    let (status, updates) = run_to_end(&setup, "sh 'exit 2'").await;
+    let JobStatus::Failed { reason } = &status else {
+        panic!("expected a failure, got {status:?}");
+    };
+    assert!(reason.contains("exit code 2"), "{reason}");
+    assert!(
+        lines(&updates).iter().any(|l| l.contains("post failure")),
+        "{updates:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_provisioning_failure_fails_the_job_with_the_backend_reason() {
+    let error = ProvisionError::Failed {
+        worker: WorkerId::new("w-1").unwrap(),
+        reason: "image not found".into(),
+    };
+    let setup = setup_with(JobsConfig::default(), Ok(()), Provide::Fail(error), false);
+    let (status, updates) = run_to_end(&setup, "sh 'echo hi'").await;
+    let JobStatus::Failed { reason } = &status else {
+        panic!("expected a failure, got {status:?}");
+    };
+    assert!(reason.contains("image not found"), "{reason}");
+    let failed = updates.iter().any(|u| {
+        matches!(&u.kind, UpdateKind::Worker { phase: WorkerPhase::Failed, message, .. } if message.contains("image not found"))
+    });
+    assert!(failed, "{updates:#?}");
+    assert_eq!(setup.jobs.waiting_segments(), 0);
+}
+
+#[tokio::test]
+async fn cancel_aborts_with_the_given_reason_and_releases_the_worker() {
+    let setup = setup();
+    let submitted = setup.jobs.submit(submission("sh 'block'")).await.unwrap();
+    let mut watch = setup.jobs.watch(&submitted.job_id, 0).await.unwrap();
+    // Wait until the step runs.
+    while let Some(update) = watch.next().await {
+        if matches!(
+            update.kind,
+            UpdateKind::Worker {
+                phase: WorkerPhase::Ready,
+                ..
+            }
+        ) {
+            break;
+        }
+    }
+    let at_cancel = setup
+        .jobs
+        .cancel(&submitted.job_id, "stopped by a test")
+        .await
+        .unwrap();
+    assert_eq!(at_cancel, JobStatus::Running);
+    let status = setup.jobs.wait(&submitted.job_id).await.unwrap();
+    assert_eq!(
+        status,
+        JobStatus::Aborted {
+            reason: "stopped by a test".into()
+        }
+    );
+    assert_eq!(*lock(&setup.seen.released), ["w-1"]);
+    // A finished job keeps its status.
+    let again = setup.jobs.cancel(&submitted.job_id, "again").await.unwrap();
+    assert_eq!(again, status);
+}
+
+#[tokio::test]
+async fn the_global_job_timeout_ends_the_job_timed_out() {
+    let config = JobsConfig {
+        job_timeout: Some(Duration::from_millis(50)),
+        ..JobsConfig::default()
+    };
+    let setup = setup_with(config, Ok(()), Provide::Link, false);
+    let (status, _) = run_to_end(&setup, "sh 'block'").await;
+    assert_eq!(status, JobStatus::TimedOut);
+    assert_eq!(*lock(&setup.seen.released), ["w-1"]);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_before_anything_is_stored() {
+    async fn check(setup: &Setup, submission: Submission, expected: &str) {
+        let err = setup.jobs.submit(submission).await.unwrap_err();
+        assert!(
+            err.to_string().starts_with(expected),
+            "{err} should start with {expected}"
+        );
+        assert!(lock(&setup.seen.saved).is_empty());
+    }
+    let setup = setup();
+    check(
+        &setup,
+        Submission {
+            name: String::new(),
+            ..submission("sh 'x'")
+        },
+        "job name \"\"",
+    )
+    .await;
+    check(
+        &setup,
+        Submission {
+            pipeline: "pipeline {\n  agent any\n}\n".into(),
+            ..submission("")
+        },
+        "Jenkinsfile:1:1: ",
+    )
+    .await;
+    check(
+        &setup,
+        Submission {
+            file: "ci/Jenkinsfile".into(),
+            pipeline:
+                "pipeline {\n  agent any\n  stages { stage('A') { steps { script { } } } }\n}\n"
+                    .into(),
+            ..submission("")
+        },
+        "ci/Jenkinsfile:3:",
+    )
+    .await;
+
+    let no_match = ProvisionError::NoMatch {
+        agent: "label 'gpu'".into(),
+        reasons: "local: lacks label gpu".into(),
+    };
+    let setup = setup_with(JobsConfig::default(), Err(no_match), Provide::Link, false);
+    check(
+        &setup,
+        submission("sh 'x'"),
+        "Jenkinsfile:2:3: no worker template matches label 'gpu': local: lacks label gpu",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_store_failure_refuses_the_submission() {
+    let setup = setup_with(JobsConfig::default(), Ok(()), Provide::Link, true);
+    let err = setup.jobs.submit(submission("sh 'x'")).await.unwrap_err();
+    assert!(matches!(err, JobsError::Store(_)), "{err:?}");
+    assert!(setup.jobs.running_jobs().is_empty());
+}
+
+#[tokio::test]
+async fn watchers_get_history_from_any_position_and_unknown_jobs_are_not_found() {
+    let setup = setup();
+    let (_, updates) = run_to_end(&setup, "sh 'echo hi'").await;
+    let id = JobId::new("job-1").unwrap();
+    let mut watch = setup.jobs.watch(&id, 2).await.unwrap();
+    let mut tail = Vec::new();
+    while let Some(update) = watch.next().await {
+        tail.push(update);
+    }
+    assert_eq!(tail.as_slice(), &updates[2..]);
+    let unknown = setup
+        .jobs
+        .watch(&JobId::new("job-x").unwrap(), 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(unknown, JobsError::NotFound(_)), "{unknown:?}");
+}
+
+#[tokio::test]
+async fn an_evicted_journal_is_rebuilt_from_the_repository() {
+    let config = JobsConfig {
+        kept_journals: 0,
+        ..JobsConfig::default()
+    };
+    let setup = setup_with(config, Ok(()), Provide::Link, false);
+    let (status, _) = run_to_end(&setup, "sh 'echo hi'").await;
+    assert_eq!(status, JobStatus::Succeeded);
+    let mut watch = setup
+        .jobs
+        .watch(&JobId::new("job-1").unwrap(), 0)
+        .await
+        .unwrap();
+    let mut rebuilt = Vec::new();
+    while let Some(update) = watch.next().await {
+        rebuilt.push(update);
+    }
+    assert_eq!(
+        statuses(&rebuilt),
+        [
+            JobStatusKind::Queued,
+            JobStatusKind::Running,
+            JobStatusKind::Succeeded
+        ]
+    );
+    assert!(
+        lines(&rebuilt).contains(&"out: echo hi".to_owned()),
+        "{rebuilt:#?}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_aborts_running_jobs_and_refuses_new_ones() {
+    let setup = setup();
+    let submitted = setup.jobs.submit(submission("sh 'block'")).await.unwrap();
+    setup.jobs.shutdown("server stopping").await;
+    let status = setup.jobs.wait(&submitted.job_id).await.unwrap();
+    assert_eq!(
+        status,
+        JobStatus::Aborted {
+            reason: "server stopping".into()
+        }
+    );
+    let err = setup.jobs.submit(submission("sh 'x'")).await.unwrap_err();
+    assert!(matches!(err, JobsError::ShuttingDown), "{err:?}");
+}
