@@ -157,7 +157,7 @@ fn render_segment(
         AgentKind::Docker { image, args } => {
             let _ = writeln!(out, "  image:     {image}");
             if let Some(args) = args {
-                let _ = writeln!(out, "  docker run arguments: {args}");
+                let _ = writeln!(out, "  args:      {args} (docker run arguments)");
             }
             let _ = writeln!(out, "  needs:     the docker backend (no template)");
             true
