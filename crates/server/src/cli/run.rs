@@ -39,7 +39,8 @@ const CANCEL_WAIT: Duration = Duration::from_secs(60);
 /// The directory of the file is sent as the job's workspace, honouring
 /// .gitignore and .hodeiignore. Without --server (and without
 /// $HODEI_SERVER) a server is started in this process with the local
-/// backend and stopped afterwards. Ctrl-C cancels the job. Exits with 0
+/// backend and stopped afterwards. Ctrl-C (or SIGTERM) cancels the job and
+/// waits for it to stop; a second one stops waiting. Exits with 0
 /// when the job succeeds, 1 when it fails, is aborted or times out, 2 on
 /// bad input or when the server cannot be reached.
 #[derive(Debug, clap::Args)]
@@ -53,9 +54,9 @@ pub struct Args {
     /// A running Hodei server's gRPC address [default: an embedded server]
     #[arg(long, env = "HODEI_SERVER", value_name = "URL")]
     server: Option<String>,
-    /// The embedded server's backend (only `local` is built in)
-    #[arg(long, value_name = "BACKEND", default_value = "local")]
-    backend: Backend,
+    /// The embedded server's backend (only `local` is built in) [default: local]
+    #[arg(long, value_name = "BACKEND")]
+    backend: Option<Backend>,
     /// Extra environment for every step (repeatable)
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_pair)]
     env: Vec<(String, String)>,
@@ -98,7 +99,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     // 2. Settings of the embedded server (also the source limit).
     let mut settings = Settings::load(None)?;
-    settings.backend = args.backend;
+    if let Some(backend) = args.backend {
+        if args.server.is_some() {
+            anyhow::bail!(
+                "--backend {backend}: the backend is chosen by the server at --server, not by hodei run"
+            );
+        }
+        settings.backend = backend;
+    }
 
     // 3. Pack the directory, unless no worker would unpack it.
     let dir = match args.file.parent() {
@@ -248,16 +256,20 @@ async fn submit_and_watch(
     let mut printer = LogPrinter::new();
     let mut spinner = Spinner::new();
     let mut final_status: Option<(JobStatus, String)> = None;
-    let mut cancelled_at: Option<Instant> = None;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    let mut cancelled_at: Option<tokio::time::Instant> = None;
+    let mut signals = Signals::new()?;
     loop {
+        let cancel_deadline = cancelled_at.map(|at| at + CANCEL_WAIT);
         let next = tokio::select! {
             next = stream.next() => next,
-            _ = &mut ctrl_c, if cancelled_at.is_none() => {
+            () = signals.recv() => {
                 spinner.clear();
-                eprintln!("cancelling job {job_id}…");
-                cancelled_at = Some(Instant::now());
+                if cancelled_at.is_some() {
+                    eprintln!("error: stopped waiting for job {job_id}, which was asked to cancel");
+                    break;
+                }
+                eprintln!("cancelling job {job_id}… (again to stop waiting)");
+                cancelled_at = Some(tokio::time::Instant::now());
                 if let Err(status) = client
                     .jobs()
                     .cancel(CancelJobRequest {
@@ -271,7 +283,7 @@ async fn submit_and_watch(
                 }
                 continue;
             }
-            _ = tokio::time::sleep(CANCEL_WAIT), if cancelled_at.is_some() => {
+            () = sleep_until(cancel_deadline) => {
                 eprintln!("error: job {job_id} did not stop within {}s", CANCEL_WAIT.as_secs());
                 break;
             }
@@ -298,7 +310,9 @@ async fn submit_and_watch(
 
     let elapsed = format_duration(started.elapsed());
     let Some((status, message)) = final_status else {
-        eprintln!("error: the log of job {job_id} ended before the job did");
+        if cancelled_at.is_none() {
+            eprintln!("error: the log of job {job_id} ended before the job did");
+        }
         return Ok(ExitCode::from(1));
     };
     let word = status_word(status).to_uppercase().replace(' ', "_");
@@ -312,6 +326,37 @@ async fn submit_and_watch(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM: either cancels the job.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }
 
 /// The spinner shown on stderr (when it is a terminal) while workers are
