@@ -405,3 +405,95 @@ impl ServerHandle {
         tracing::info!(server_id = %self.server_id, "server stopped");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use hodei_application::orchestrator::{
+        BackendState, BackendWorker, OrchestratorError, WorkerSpec,
+    };
+    use hodei_domain::{JobId, TemplateId, Timestamp, Worker, WorkerId};
+
+    use super::*;
+
+    /// A backend holding a fixed list of workers, recording deletions.
+    struct Fixed {
+        workers: Vec<WorkerId>,
+        deleted: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl WorkerOrchestrator for Fixed {
+        fn backend(&self) -> &'static str {
+            "fixed"
+        }
+
+        async fn create_worker(&self, spec: WorkerSpec) -> Result<WorkerHandle, OrchestratorError> {
+            Err(OrchestratorError::AlreadyExists(spec.worker_id))
+        }
+
+        async fn delete_worker(&self, id: &WorkerId) -> Result<(), OrchestratorError> {
+            self.deleted.lock().unwrap().push(id.to_string());
+            Ok(())
+        }
+
+        async fn list_workers(
+            &self,
+            server_id: &str,
+        ) -> Result<Vec<BackendWorker>, OrchestratorError> {
+            assert_eq!(server_id, "srv-1");
+            Ok(self
+                .workers
+                .iter()
+                .map(|id| BackendWorker {
+                    worker_id: id.clone(),
+                    job_id: None,
+                    template_id: None,
+                    backend_id: format!("b-{id}"),
+                    state: BackendState::Running,
+                })
+                .collect())
+        }
+
+        async fn worker_state(&self, _id: &WorkerId) -> Result<BackendState, OrchestratorError> {
+            Ok(BackendState::Running)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_orphan_sweep_deletes_only_unknown_workers() {
+        let known = WorkerId::new("w-known").unwrap();
+        let orphan = WorkerId::new("w-orphan").unwrap();
+        let backend = Fixed {
+            workers: vec![known.clone(), orphan],
+            deleted: Mutex::new(Vec::new()),
+        };
+        let workers = InMemoryWorkerRepository::new();
+        workers
+            .save(Worker::ephemeral(
+                known,
+                "hodei-local-known",
+                TemplateId::new("local").unwrap(),
+                JobId::new("job-1").unwrap(),
+                "1",
+                Timestamp(0),
+            ))
+            .await
+            .unwrap();
+        sweep_orphans(&backend, &workers, "srv-1").await;
+        assert_eq!(*backend.deleted.lock().unwrap(), ["w-orphan"]);
+    }
+
+    #[test]
+    fn the_derived_server_id_is_stable_per_data_dir() {
+        let mut a = Settings::default();
+        a.data_dir = "/var/lib/hodei".into();
+        let mut b = Settings::default();
+        b.data_dir = "/srv/hodei".into();
+        assert_eq!(derived_server_id(&a), derived_server_id(&a.clone()));
+        assert_ne!(derived_server_id(&a), derived_server_id(&b));
+        assert!(derived_server_id(&a).starts_with("hodei-"));
+    }
+}

@@ -461,3 +461,126 @@ fn shutdown_cancels_running_jobs_and_leaves_no_worker() {
         assert!(stopping.elapsed() < Duration::from_secs(60));
     });
 }
+
+#[test]
+fn a_silent_worker_is_lost_after_worker_lost_after() {
+    run(async {
+        let server = start_with(|s| s.worker_lost_after = Duration::from_secs(2)).await;
+        let mut client = server.jobs().await;
+        let job = submit(
+            &mut client,
+            "pipeline { agent any; stages { stage('Long') { steps { sh 'echo started; sleep 300' } } } }",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+        watch_until_line(&mut client, &job, "started").await;
+        let created = server.handle.created_workers();
+        assert_eq!(created.len(), 1);
+        // A stopped worker keeps its connection open but says nothing.
+        let status = std::process::Command::new("kill")
+            .args(["-STOP", &created[0].backend_id])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let watched = watch(&mut client, &job, 0).await;
+        let (status, message) = status_of(&watched);
+        assert_eq!(status, pb::JobStatus::Failure, "{watched:#?}");
+        assert!(
+            message.contains("no message from the worker for 2s"),
+            "{message}"
+        );
+        assert_no_worker_process(&created).await;
+        server.stop().await;
+    });
+}
+
+#[test]
+fn admin_lists_workers_and_manages_templates() {
+    use hodei_proto::v1::admin_service_client::AdminServiceClient;
+    run(async {
+        let server = start().await;
+        let mut admin = AdminServiceClient::new(server.channel().await);
+        let templates = admin
+            .list_templates(pb::ListTemplatesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .templates;
+        let ids: Vec<&str> = templates.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["local"]);
+        assert!(templates[0].capabilities.iter().any(|c| c == "linux"));
+
+        let mut extra = templates[0].clone();
+        extra.id = "local-small".into();
+        extra.max_concurrent_jobs = 1;
+        let put = admin
+            .put_template(pb::PutTemplateRequest {
+                template: Some(extra.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!put.replaced);
+        let put = admin
+            .put_template(pb::PutTemplateRequest {
+                template: Some(extra),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(put.replaced);
+        let mut bad = templates[0].clone();
+        bad.id = "bad".into();
+        bad.resources.as_mut().unwrap().memory = "lots".into();
+        let refused = admin
+            .put_template(pb::PutTemplateRequest {
+                template: Some(bad),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused.message().starts_with("template.resources.memory: "),
+            "{}",
+            refused.message()
+        );
+        admin
+            .delete_template(pb::DeleteTemplateRequest {
+                id: "local-small".into(),
+            })
+            .await
+            .unwrap();
+        let missing = admin
+            .delete_template(pb::DeleteTemplateRequest {
+                id: "local-small".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+
+        let mut client = server.jobs().await;
+        let job = submit(
+            &mut client,
+            "pipeline { agent any; stages { stage('Long') { steps { sh 'echo started; sleep 300' } } } }",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+        watch_until_line(&mut client, &job, "started").await;
+        let workers = admin
+            .list_workers(pb::ListWorkersRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .workers;
+        assert_eq!(workers.len(), 1, "{workers:?}");
+        assert_eq!(workers[0].job_id, job);
+        assert_eq!(workers[0].template_id, "local");
+        assert_eq!(workers[0].backend, "local");
+        assert_eq!(workers[0].state, "busy");
+        assert!(workers[0].ephemeral);
+        assert!(workers[0].last_heartbeat_ms > 0);
+        server.stop().await;
+    });
+}
