@@ -488,10 +488,14 @@ mod tests {
 
     #[test]
     fn the_derived_server_id_is_stable_per_data_dir() {
-        let mut a = Settings::default();
-        a.data_dir = "/var/lib/hodei".into();
-        let mut b = Settings::default();
-        b.data_dir = "/srv/hodei".into();
+        let a = Settings {
+            data_dir: "/var/lib/hodei".into(),
+            ..Settings::default()
+        };
+        let b = Settings {
+            data_dir: "/srv/hodei".into(),
+            ..Settings::default()
+        };
         assert_eq!(derived_server_id(&a), derived_server_id(&a.clone()));
         assert_ne!(derived_server_id(&a), derived_server_id(&b));
         assert!(derived_server_id(&a).starts_with("hodei-"));
