@@ -4,6 +4,7 @@
 //! file system: every type here is built from strings and numbers, validates
 //! itself in its constructor, and can be tested without a runtime.
 
+pub mod docker_args;
 pub mod event;
 pub mod ids;
 pub mod job;
@@ -15,6 +16,7 @@ pub mod selection;
 pub mod template;
 pub mod worker;
 
+pub use docker_args::{DockerArgs, DockerArgsError, VolumeMount};
 pub use event::{DomainEvent, StageResult};
 pub use ids::{IdError, JobId, PoolId, TemplateId, WorkerId};
 pub use job::{Job, JobError, JobStatus, JobStatusKind, Timestamp};

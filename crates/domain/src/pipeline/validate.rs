@@ -14,6 +14,7 @@ use super::model::{
 };
 use super::syntax::{Block, Call, Expr, ExprKind, StmtKind};
 use super::{Diagnostic, Pos};
+use crate::docker_args::DockerArgs;
 use crate::label::LabelExpr;
 
 const PIPELINE_SECTIONS: &str = "agent, environment, options, stages or post";
@@ -527,7 +528,7 @@ impl<'s> Validator<'s, '_> {
                 match (inner.name, value) {
                     ("image", Some(value)) => image = self.plain_string(value, "image"),
                     ("args", Some(value)) => {
-                        args = self.plain_string(value, "args");
+                        args = self.docker_args(value);
                         ok &= args.is_some();
                     }
                     ("image" | "args", None) => ok = false,
@@ -552,7 +553,7 @@ impl<'s> Validator<'s, '_> {
             let expr = self.required(call, &params, "image")?;
             image = self.plain_string(expr, "image");
             if let Some(expr) = params.get("args") {
-                args = Some(self.plain_string(expr, "args")?);
+                args = Some(self.docker_args(expr)?);
             }
         }
         let image = image?;
@@ -561,6 +562,21 @@ impl<'s> Validator<'s, '_> {
             return None;
         }
         Some(AgentKind::Docker { image, args })
+    }
+
+    /// A `docker` agent's `args`: a plain string that [`DockerArgs::parse`]
+    /// accepts; an error points at the offending word.
+    fn docker_args(&mut self, expr: &Expr) -> Option<String> {
+        let text = self.plain_string(expr, "args")?;
+        match DockerArgs::parse(&text) {
+            Ok(_) => Some(text),
+            Err(e) => {
+                let index = e.column.saturating_sub(1);
+                let pos = lexer::position_in_literal(self.source, expr.start, expr.pos, index);
+                self.error(pos, format!("invalid docker args: {}", e.message));
+                None
+            }
+        }
     }
 
     fn kubernetes_agent(&mut self, call: &Call) -> Option<AgentKind> {

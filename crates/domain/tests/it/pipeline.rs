@@ -718,6 +718,14 @@ fn validation_errors_with_positions() {
             vec!["2:11: unknown agent type `vm`: expected any, none, label, node, template, docker or kubernetes"],
         ),
         (
+            with_agent("  agent {\n    docker {\n      image 'a'\n      args '-e A=1 --privileged'\n    }\n  }"),
+            vec!["5:20: invalid docker args: unsupported docker argument `--privileged`: expected -e, -v, --memory, --cpus or -u"],
+        ),
+        (
+            with_agent("  agent { docker(image: 'a', args: '--memory lots') }"),
+            vec!["2:46: invalid docker args: --memory `lots`: expected a whole number with an optional unit b, k, m or g (e.g. 512m)"],
+        ),
+        (
             with_agent("  agent anything"),
             vec!["2:9: unknown agent `anything`: expected `agent any`, `agent none` or `agent { ... }`"],
         ),

@@ -166,7 +166,7 @@ fn plan_of_parallel_branches() {
     for expected in [
         "examples/parallel/Jenkinsfile: 5 workers\n(agent none: no worker for the whole run; each stage brings its own)\n",
         "worker 3: label 'python-3.11 || python'\n  for:       parallel branch 'Lint (Python)', at the same time as the other branches\n  stages:    Lint (Python)\n  template:  python-pip, image hodei/worker:python-3.11-latest\n  why:       the only template that matches\n  workspace: lint\n",
-        "worker 4: docker 'alpine:3.20'\n  for:       parallel branch 'Image', at the same time as the other branches\n  stages:    Image\n  image:     alpine:3.20\n  args:      --network none (docker run arguments)\n  needs:     the docker backend (no template)\n",
+        "worker 4: docker 'alpine:3.20'\n  for:       parallel branch 'Image', at the same time as the other branches\n  stages:    Image\n  image:     alpine:3.20\n  args:      --memory 512m (docker run arguments)\n  needs:     the docker backend (no template)\n",
         "stages:\n  Checks   parallel, 4 branches at the same time, fail fast:\n    Unit tests (Java)  → worker 1 (own agent)\n    Frontend           → worker 2 (own agent)\n    Lint (Python)      → worker 3 (own agent)\n    Image              → worker 4 (own agent)\n  Release  → worker 5 (own agent), only when branch 'release-*'\n",
     ] {
         assert!(
