@@ -6,7 +6,6 @@ use std::process::Command;
 fn hodei(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_hodei"))
         .args(args)
-        .env_remove("HODEI_TEMPLATES")
         .output()
         .expect("the hodei binary runs");
     (
