@@ -361,8 +361,10 @@ impl ServerHandle {
         self.events.subscribe()
     }
 
-    /// Every worker this server created, with its backend id (the process
-    /// id for the local backend), in order of creation.
+    /// The workers this server created (the last
+    /// [`CREATED_KEPT`](crate::grpc::worker_service::CREATED_KEPT)), with
+    /// their backend ids (the process id for the local backend), oldest
+    /// first.
     pub fn created_workers(&self) -> Vec<WorkerHandle> {
         self.orchestrator.created()
     }

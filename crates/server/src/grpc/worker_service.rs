@@ -18,7 +18,7 @@
 //! Reconnecting after a broken stream is not offered yet (`Welcome` carries
 //! no `reconnect_token`): a worker that loses its stream is lost.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +42,8 @@ use super::convert;
 
 /// Largest piece of source sent in one `SourceChunk`.
 const SOURCE_CHUNK: usize = 1024 * 1024;
+/// Workers [`RegisteringOrchestrator::created`] remembers.
+pub const CREATED_KEPT: usize = 4096;
 /// Messages queued for one worker before senders wait.
 const OUTBOUND_QUEUE: usize = 256;
 
@@ -578,12 +580,12 @@ impl WorkerLink for GrpcWorkerLink {
 
 /// Wraps the backend so the hub learns each new worker's token before the
 /// worker can connect, and forgets it when the worker is deleted. Also
-/// remembers every worker it created (id and backend id), for tests and
-/// for the shutdown sweep.
+/// remembers the last [`CREATED_KEPT`] workers it created (id and backend
+/// id), for tests and for the shutdown sweep.
 pub struct RegisteringOrchestrator {
     backend: Arc<dyn WorkerOrchestrator>,
     hub: WorkerHub,
-    created: Mutex<Vec<WorkerHandle>>,
+    created: Mutex<VecDeque<WorkerHandle>>,
 }
 
 impl std::fmt::Debug for RegisteringOrchestrator {
@@ -600,13 +602,14 @@ impl RegisteringOrchestrator {
         RegisteringOrchestrator {
             backend,
             hub,
-            created: Mutex::new(Vec::new()),
+            created: Mutex::new(VecDeque::new()),
         }
     }
 
-    /// Every worker created through this backend since the start, in order.
+    /// The workers created through this backend (the last
+    /// [`CREATED_KEPT`]), oldest first.
     pub fn created(&self) -> Vec<WorkerHandle> {
-        lock(&self.created).clone()
+        lock(&self.created).iter().cloned().collect()
     }
 }
 
@@ -621,7 +624,11 @@ impl WorkerOrchestrator for RegisteringOrchestrator {
         self.hub.expect(id.clone(), spec.token.clone());
         match self.backend.create_worker(spec).await {
             Ok(handle) => {
-                lock(&self.created).push(handle.clone());
+                let mut created = lock(&self.created);
+                if created.len() == CREATED_KEPT {
+                    created.pop_front();
+                }
+                created.push_back(handle.clone());
                 Ok(handle)
             }
             Err(e) => {
