@@ -7,7 +7,8 @@
 //!    whose labels satisfy the expression, if one is connected.
 //! 2. Otherwise the best template ([`select`]): by label expression; for
 //!    `template 'id'` exactly that template; for `docker 'image'` a template
-//!    that runs that image; for `kubernetes { inheritFrom 'id' }` that
+//!    that runs that image, or on the `docker` backend a template made for
+//!    the image (no capabilities, limits only from the agent's `args`); for `kubernetes { inheritFrom 'id' }` that
 //!    template. No template: [`ProvisionError::NoMatch`] listing every
 //!    template with its reason (unless a busy static worker could take the
 //!    segment later; then the segment waits for it).
@@ -42,8 +43,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hodei_domain::pipeline::AgentKind;
 use hodei_domain::{
-    DomainEvent, JobId, LabelExpr, TemplateId, Worker, WorkerId, WorkerRequirements, WorkerState,
-    WorkerTemplate, select,
+    CpuQuantity, DockerArgs, DomainEvent, JobId, LabelExpr, MemoryQuantity, ResourceRequirements,
+    TemplateId, Worker, WorkerId, WorkerRequirements, WorkerState, WorkerTemplate, select,
 };
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
@@ -345,7 +346,10 @@ impl Inner {
             AgentKind::Any | AgentKind::None => Need::Labels(None),
             AgentKind::Label { expr, .. } => Need::Labels(expr.clone()),
             AgentKind::Template(id) => Need::Template(self.template_by_id(agent, id).await),
-            AgentKind::Docker { image, .. } => {
+            AgentKind::Docker { image, args } => {
+                if let Some(Err(e)) = args.as_deref().map(DockerArgs::parse) {
+                    return Need::Template(Err(no_match(format!("invalid docker args: {e}"))));
+                }
                 let templates = match self.all_templates(agent).await {
                     Ok(t) => t,
                     Err(e) => return Need::Template(Err(e)),
@@ -356,8 +360,12 @@ impl Inner {
                 let selection = select(runs_image, &requirements);
                 Need::Template(match selection.best() {
                     Some(best) => Ok(best.template().clone()),
+                    None if self.ports.orchestrator.backend() == "docker" => {
+                        image_template(image, self.config.max_workers)
+                            .map_err(|e| no_match(format!("image \"{image}\": {e}")))
+                    }
                     None => Err(no_match(format!(
-                        "a docker agent needs a template that runs image \"{image}\"; {}",
+                        "a docker agent needs a template that runs image \"{image}\" (or the docker backend); {}",
                         describe_images(&templates)
                     ))),
                 })
@@ -690,6 +698,7 @@ impl Inner {
             server_id: self.config.server_id.clone(),
             extra_labels: Default::default(),
             extra_env: Default::default(),
+            docker_args: docker_args(&request.segment.agent.kind),
         };
         match self.ports.orchestrator.create_worker(spec).await {
             Ok(handle) => {
@@ -1038,6 +1047,43 @@ impl Inner {
     }
 }
 
+/// The template a `docker 'image'` agent gets on the docker backend when no
+/// configured template runs that image: the image itself, no capabilities,
+/// zero resources (no limit unless the agent's `args` set one), the default
+/// lifetime, and only the server's global cap on concurrent workers.
+fn image_template(image: &str, max_workers: usize) -> Result<WorkerTemplate, String> {
+    let mut id: String = image
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    id.insert_str(0, "image-");
+    id.truncate(hodei_domain::ids::MAX_ID_LEN);
+    let id = id.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    let id = TemplateId::new(id).map_err(|e| e.to_string())?;
+    let resources = ResourceRequirements::new(CpuQuantity::ZERO, MemoryQuantity::ZERO);
+    let cap = u32::try_from(max_workers.max(1)).unwrap_or(u32::MAX);
+    WorkerTemplate::new(id, image, resources)
+        .and_then(|t| t.with_max_concurrent_jobs(cap))
+        .map(|t| t.with_description(format!("docker agent running {image}")))
+        .map_err(|e| e.to_string())
+}
+
+/// The parsed `args` of a `docker` agent (checked by `need` already).
+fn docker_args(agent: &AgentKind) -> Option<DockerArgs> {
+    match agent {
+        AgentKind::Docker {
+            args: Some(args), ..
+        } => DockerArgs::parse(args).ok(),
+        _ => None,
+    }
+}
+
 fn describe_images(templates: &[WorkerTemplate]) -> String {
     if templates.is_empty() {
         return "no worker templates are configured".to_owned();
@@ -1304,6 +1350,7 @@ mod tests {
         connect: Connect,
         max_workers: usize,
         backend: Vec<BackendWorker>,
+        backend_name: &'static str,
     }
 
     impl Default for Scenario {
@@ -1322,6 +1369,7 @@ mod tests {
                 connect: Connect::Now,
                 max_workers: 64,
                 backend: Vec::new(),
+                backend_name: "fake",
             }
         }
     }
@@ -1329,6 +1377,8 @@ mod tests {
     struct Harness {
         manager: EphemeralWorkerManager,
         log: Log,
+        /// What each created spec asked for (image, docker args, cpu, cap).
+        specs: Log,
         records: Records,
         events: mpsc::UnboundedReceiver<DomainEvent>,
     }
@@ -1343,12 +1393,23 @@ mod tests {
         ));
 
         let mut orchestrator = MockWorkerOrchestrator::new();
-        orchestrator.expect_backend().return_const("fake");
-        let (l, create) = (log.clone(), s.create);
+        orchestrator.expect_backend().return_const(s.backend_name);
+        let specs: Log = Arc::default();
+        let (l, sl, create) = (log.clone(), specs.clone(), s.create);
         orchestrator.expect_create_worker().returning(move |spec| {
             note(
                 &l,
                 format!("create {} {}", spec.worker_id, spec.template.id()),
+            );
+            note(
+                &sl,
+                format!(
+                    "spec {} {:?} {} {}",
+                    spec.template.image(),
+                    spec.docker_args,
+                    spec.template.resources().cpu(),
+                    spec.template.max_concurrent_jobs()
+                ),
             );
             create(&spec)
         });
@@ -1435,6 +1496,7 @@ mod tests {
         Harness {
             manager: EphemeralWorkerManager::new(config, ports),
             log,
+            specs,
             records,
             events,
         }
@@ -1564,6 +1626,73 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_docker_backend_runs_a_docker_agent_in_its_image() {
+        let mut templates = WorkerTemplate::builtins();
+        templates.push(template("alpine", "alpine:3.20", 5, 30));
+        let h = harness(Scenario {
+            templates,
+            backend_name: "docker",
+            ..Scenario::default()
+        });
+        let docker = |image: &str, args: Option<&str>| AgentKind::Docker {
+            image: image.into(),
+            args: args.map(Into::into),
+        };
+        for (agent, template) in [
+            (docker("alpine:3.20", None), "alpine"),
+            (
+                docker(
+                    "registry.local:5000/team/maven:3.9",
+                    Some("-e A=1 --memory 64m"),
+                ),
+                "image-registry.local-5000-team-maven-3.9",
+            ),
+        ] {
+            assert_eq!(h.manager.check(&agent).await, Ok(()), "{agent}");
+            h.manager.acquire(request("j-1", agent)).await.unwrap();
+            let created = h.calls("create");
+            assert_eq!(created.last().unwrap().split(' ').nth(2), Some(template));
+        }
+        let specs = lock(&h.specs).clone();
+        assert_eq!(
+            specs,
+            [
+                "spec alpine:3.20 None 1 5".to_owned(),
+                format!(
+                    "spec registry.local:5000/team/maven:3.9 {:?} 0 64",
+                    DockerArgs::parse("-e A=1 --memory 64m").ok()
+                ),
+            ]
+        );
+        let err = h
+            .manager
+            .check(&docker("alpine", Some("--privileged")))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no worker template matches docker 'alpine': invalid docker args: docker args \
+             column 1: unsupported docker argument `--privileged`: expected -e, -v, --memory, \
+             --cpus or -u"
+        );
+    }
+
+    #[test]
+    fn image_templates_have_valid_ids() {
+        fn check(image: &str, expected: &str) {
+            let t = image_template(image, 3).unwrap();
+            assert_eq!(t.id().as_str(), expected);
+            assert_eq!(t.image(), image);
+            assert_eq!(t.max_concurrent_jobs(), 3);
+        }
+        check("alpine", "image-alpine");
+        check("hodei/worker:test", "image-hodei-worker-test");
+        check("a/b@sha256:0123", "image-a-b-sha256-0123");
+        check(&"x".repeat(100), &format!("image-{}", "x".repeat(57)));
+        check("trailing_", "image-trailing");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn template_selection_per_agent() {
         check(label("java-17"), Ok("java-maven")).await;
         check(label("linux && docker && !kubernetes"), Ok("go-build")).await;
@@ -1615,7 +1744,7 @@ mod tests {
             },
             Err(
                 "no worker template matches docker 'maven:3': a docker agent needs a template \
-                 that runs image \"maven:3\"; java-maven runs \"hodei/worker:java-maven-latest\", \
+                 that runs image \"maven:3\" (or the docker backend); java-maven runs \"hodei/worker:java-maven-latest\", \
                  node-npm runs \"hodei/worker:node-18-latest\", docker-dind runs \
                  \"hodei/worker:docker-dind-latest\", python-pip runs \
                  \"hodei/worker:python-3.11-latest\", go-build runs \

@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use async_trait::async_trait;
-use hodei_domain::{JobId, TemplateId, WorkerId, WorkerTemplate};
+use hodei_domain::{DockerArgs, JobId, TemplateId, WorkerId, WorkerTemplate};
 
 /// Label put on every backend object Hodei creates (value `hodei`).
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -110,6 +110,10 @@ pub struct WorkerSpec {
     pub extra_labels: BTreeMap<String, String>,
     /// Extra environment for the worker, below the standard variables.
     pub extra_env: BTreeMap<String, String>,
+    /// The `args` of a `docker` agent, parsed: backends that run containers
+    /// apply them (environment, volumes, memory, cpus, user); others ignore
+    /// them.
+    pub docker_args: Option<DockerArgs>,
 }
 
 impl WorkerSpec {
@@ -336,6 +340,7 @@ mod tests {
             server_id: "srv-a".into(),
             extra_labels: [("team".to_owned(), "ci".to_owned())].into(),
             extra_env: [("EXTRA".to_owned(), "1".to_owned())].into(),
+            docker_args: None,
         }
     }
 

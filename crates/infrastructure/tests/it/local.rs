@@ -47,6 +47,7 @@ fn spec(worker_id: &str, out_dir: &Path) -> WorkerSpec {
         server_id: "srv-test".into(),
         extra_labels: Default::default(),
         extra_env: [("OUT_DIR".to_owned(), out_dir.display().to_string())].into(),
+        docker_args: None,
     }
 }
 
