@@ -387,8 +387,18 @@ pub fn signal(pid: u32, signal: &str) {
     assert!(status.success());
 }
 
-#[test]
-fn ctrl_c_cancels_the_job_and_destroys_its_worker() {
+/// Every line still to come, until both streams are closed.
+pub fn drain(rx: &mpsc::Receiver<(bool, String)>) -> Vec<String> {
+    let mut lines = Vec::new();
+    while let Ok((_, line)) = rx.recv_timeout(Duration::from_secs(30)) {
+        lines.push(line);
+    }
+    lines
+}
+
+/// Runs a step that waits, sends `sig` to `hodei run` once the step has
+/// started, and checks the job is aborted and nothing is left.
+fn check_signal_cancels(sig: &str) {
     let dir = project(&[(
         "Jenkinsfile",
         "pipeline { agent any\n stages { stage('Wait') { steps { sh 'echo step started; sleep 60; echo never printed' } } } }\n",
@@ -401,10 +411,9 @@ fn ctrl_c_cancels_the_job_and_destroys_its_worker() {
     wait_for_line(&rx, "step started", &mut seen);
     // The step runs in a worker process, not in hodei itself.
     assert!(tagged_processes(&tag).len() >= 2);
-    signal(child.id(), "INT");
+    signal(child.id(), sig);
     let status = child.wait().unwrap();
-    let rest: Vec<String> = rx.try_iter().map(|(_, line)| line).collect();
-    seen.extend(rest);
+    seen.extend(drain(&rx));
     assert_eq!(status.code(), Some(1), "{seen:#?}");
     assert!(
         seen.iter().any(|l| l.starts_with("Finished: ABORTED")),
@@ -415,4 +424,14 @@ fn ctrl_c_cancels_the_job_and_destroys_its_worker() {
         "{seen:#?}"
     );
     assert_no_process_left(&tag);
+}
+
+#[test]
+fn ctrl_c_cancels_the_job_and_destroys_its_worker() {
+    check_signal_cancels("INT");
+}
+
+#[test]
+fn sigterm_cancels_the_job_and_destroys_its_worker() {
+    check_signal_cancels("TERM");
 }

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::cli_run::{
-    assert_no_process_left, hodei, signal, spawn_lines, tag, tagged_processes, wait_for_line,
+    assert_no_process_left, drain, hodei, signal, spawn_lines, tag, tagged_processes, wait_for_line,
 };
 
 /// A `hodei server` started on free ports with its own data directory.
@@ -188,7 +188,7 @@ fn cancel_from_another_client_stops_a_running_job() {
     assert_eq!(out, format!("job {id}: aborted\n"));
     let status = run.wait().unwrap();
     assert_eq!(status.code(), Some(1));
-    let rest: Vec<String> = lines.try_iter().map(|(_, l)| l).collect();
+    let rest = drain(&lines);
     assert!(
         rest.iter().any(|l| l.starts_with("Finished: ABORTED")),
         "{rest:#?}"
