@@ -6,6 +6,7 @@ use std::sync::Arc;
 use hodei_application::jobs::{JobFilter, JobRepository};
 use hodei_application::submit::{CreateAndExecuteJob, JobsError, Submission};
 use hodei_domain::JobId;
+use hodei_infrastructure::source::SourceError;
 use hodei_proto::v1::job_service_server::{JobService, JobServiceServer};
 use hodei_proto::v1::{self as pb, submit_request};
 use tokio::sync::mpsc;
@@ -136,6 +137,17 @@ impl JobService for JobServiceImpl {
                 "source: received {} bytes, expected source_size {expected}",
                 source.len()
             )));
+        }
+        if !source.is_empty() {
+            // Refused here, not on every worker: a bad archive would fail
+            // each checkout of the job.
+            match hodei_infrastructure::source::check_archive(&source, self.max_source_bytes) {
+                Ok(_) => {}
+                Err(e @ SourceError::ArchiveTooLarge { .. }) => {
+                    return Err(Status::resource_exhausted(e.to_string()));
+                }
+                Err(e) => return Err(Status::invalid_argument(e.to_string())),
+            }
         }
         let file = if header.pipeline_path.is_empty() {
             "Jenkinsfile".to_owned()

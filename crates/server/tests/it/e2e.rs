@@ -431,6 +431,20 @@ fn bad_pipelines_and_unservable_agents_are_refused_at_submission() {
             "{}",
             refused.message()
         );
+        let refused = submit(
+            &mut client,
+            "pipeline { agent any; stages { stage('A') { steps { sh 'true' } } } }",
+            b"this is not a tar archive, just some bytes that are long enough".repeat(20),
+        )
+        .await
+        .expect_err("a source that is not a tar archive is refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused.message().starts_with("source archive"),
+            "{}",
+            refused.message()
+        );
+
         let listed = client
             .list(pb::ListJobsRequest::default())
             .await
@@ -581,6 +595,29 @@ fn admin_lists_workers_and_manages_templates() {
         assert_eq!(workers[0].state, "busy");
         assert!(workers[0].ephemeral);
         assert!(workers[0].last_heartbeat_ms > 0);
+        server.stop().await;
+    });
+}
+
+#[test]
+fn a_source_over_the_limit_is_refused() {
+    run(async {
+        let server = start_with(|s| s.max_source_bytes = 4096).await;
+        let mut client = server.jobs().await;
+        let big = "x".repeat(8192);
+        let refused = submit(
+            &mut client,
+            "pipeline { agent any; stages { stage('A') { steps { sh 'true' } } } }",
+            source(&[("big.txt", big.as_str())]),
+        )
+        .await
+        .expect_err("the source is too large");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("limit of 4096 bytes"),
+            "{}",
+            refused.message()
+        );
         server.stop().await;
     });
 }
