@@ -50,6 +50,7 @@ use hodei_infrastructure::{
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
@@ -232,7 +233,16 @@ impl Server {
         let serving = grpc_serving.clone();
         let mut tasks = vec![tokio::spawn(async move {
             serving.store(true, Ordering::SeqCst);
-            let incoming = TcpListenerStream::new(grpc_listener);
+            // Small messages (log lines, step results) must not wait for
+            // Nagle's algorithm.
+            let incoming = TcpListenerStream::new(grpc_listener).map(|conn| {
+                if let Ok(stream) = &conn
+                    && let Err(e) = stream.set_nodelay(true)
+                {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+                conn
+            });
             if let Err(e) = grpc
                 .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled())
                 .await
