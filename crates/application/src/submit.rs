@@ -486,7 +486,22 @@ impl Inner {
         let job = Job::new(id.clone(), &name, build_number, submission.pipeline, now)
             .with_parameters(submission.parameters.clone())
             .with_environment(submission.environment.clone());
-        self.ports.jobs.save(job.clone()).await?;
+        let cancel = CancellationToken::new();
+        let reason = Arc::new(Mutex::new(None));
+        // Registered before the job is stored, so a cancel that finds the
+        // stored job always finds its token too.
+        lock(&self.running).insert(
+            id.clone(),
+            Running {
+                cancel: cancel.clone(),
+                reason: reason.clone(),
+                task: None,
+            },
+        );
+        if let Err(e) = self.ports.jobs.save(job.clone()).await {
+            lock(&self.running).remove(&id);
+            return Err(e.into());
+        }
         let journal = Arc::new(Journal::new());
         journal.push(now, UpdateKind::Status(JobStatus::Queued));
         lock(&self.journals)
@@ -519,18 +534,6 @@ impl Inner {
             previous_result: previous,
             secrets: Arc::new(BTreeMap::<String, String>::new()),
         };
-        let cancel = CancellationToken::new();
-        let reason = Arc::new(Mutex::new(None));
-        // Registered before the task starts, so a cancel right after submit
-        // is never lost.
-        lock(&self.running).insert(
-            id.clone(),
-            Running {
-                cancel: cancel.clone(),
-                reason: reason.clone(),
-                task: None,
-            },
-        );
         let inner = self.clone();
         let task = tokio::spawn(async move {
             inner.execute(job, request, journal, cancel, reason).await;
