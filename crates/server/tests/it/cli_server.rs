@@ -183,9 +183,28 @@ fn cancel_from_another_client_stops_a_running_job() {
     let (_, list, _) = server.client(&["jobs", "list", "--status", "running"]);
     let id = id_of_row(&list, "running");
 
+    // Without --follow, the log so far, while the job goes on.
+    let (code, logs, _) = server.client(&["jobs", "logs", &id]);
+    assert_eq!(code, 0);
+    assert_eq!(logs, "── stage Wait ──\nwaiting\n");
+    // With --follow, until the job ends.
+    let mut command = hodei(&server.tag);
+    command.args(["jobs", "logs", &id, "--follow", "--server", &server.url]);
+    let (mut follow, follow_lines) = spawn_lines(command);
+    let mut followed = Vec::new();
+    wait_for_line(&follow_lines, "waiting", &mut followed);
+
     let (code, out, _) = server.client(&["jobs", "cancel", &id]);
     assert_eq!(code, 0);
     assert_eq!(out, format!("job {id}: aborted\n"));
+    assert_eq!(follow.wait().unwrap().code(), Some(0));
+    followed.extend(drain(&follow_lines));
+    assert!(
+        followed
+            .iter()
+            .any(|l| l.starts_with(&format!("job {id}: aborted"))),
+        "{followed:#?}"
+    );
     let status = run.wait().unwrap();
     assert_eq!(status.code(), Some(1));
     let rest = drain(&lines);
