@@ -2,6 +2,7 @@
 //! `hodei-application` (template files, repositories, orchestrators).
 
 pub mod clock;
+pub mod docker;
 pub mod events;
 pub mod ids;
 pub mod local;
@@ -12,6 +13,7 @@ pub mod source;
 pub mod template_file;
 
 pub use clock::SystemClock;
+pub use docker::{DockerConfig, DockerOrchestrator};
 pub use events::BroadcastEventPublisher;
 pub use ids::RandomIdGenerator;
 pub use memory_jobs::InMemoryJobRepository;

@@ -1,4 +1,5 @@
 //! Integration tests of the infrastructure adapters, with real processes.
 
+mod docker;
 mod local;
 mod manager;
