@@ -228,10 +228,13 @@ pub fn ellipsize(text: &str, max: usize) -> String {
 /// whenever the output switches to another stage, step output as it is
 /// (stdout to stdout, stderr to stderr), the server's own lines (`echo`,
 /// errors, skip notices) without the Jenkins `[Pipeline]` markers, which the
-/// headers replace.
+/// headers replace. While the stage of the last header is still running,
+/// lines of other stages (parallel branches, nested stages) are prefixed
+/// with `[NAME] ` instead, so interleaved output stays readable.
 #[derive(Debug)]
 pub struct LogPrinter {
     current: Option<Vec<String>>,
+    running: Vec<Vec<String>>,
     color: bool,
 }
 
@@ -265,6 +268,7 @@ impl LogPrinter {
     pub fn new() -> Self {
         LogPrinter {
             current: None,
+            running: Vec::new(),
             color: std::io::stdout().is_terminal(),
         }
     }
@@ -285,25 +289,28 @@ impl LogPrinter {
                 if line.stream() == LogStream::System && is_marker(&line.text) {
                     return Seen::Nothing;
                 }
-                self.header(out, &line.stage);
+                let prefix = self.place(out, &line.stage);
                 if line.stream() == LogStream::Stderr {
                     let _ = out.flush();
-                    let _ = writeln!(err, "{}", line.text);
+                    let _ = writeln!(err, "{prefix}{}", line.text);
                 } else {
-                    let _ = writeln!(out, "{}", line.text);
+                    let _ = writeln!(out, "{prefix}{}", line.text);
                 }
                 Seen::Nothing
             }
             Some(Kind::Stage(stage)) => {
                 match stage.kind() {
-                    StageEventKind::Started => self.header(out, &stage.path),
+                    StageEventKind::Started => {
+                        self.place(out, &stage.path);
+                        self.running.push(stage.path.clone());
+                    }
                     StageEventKind::Finished => {
                         let result = stage.result();
                         if matches!(
                             result,
                             StageResult::Failure | StageResult::TimedOut | StageResult::Aborted
                         ) {
-                            self.header(out, &stage.path);
+                            let prefix = self.place(out, &stage.path);
                             let reason = if stage.message.is_empty() {
                                 String::new()
                             } else {
@@ -311,10 +318,13 @@ impl LogPrinter {
                             };
                             let _ = writeln!(
                                 out,
-                                "stage {} {}{reason}",
+                                "{prefix}stage {} {}{reason}",
                                 stage.path.join(" › "),
                                 stage_result_word(result)
                             );
+                        }
+                        if let Some(i) = self.running.iter().position(|p| *p == stage.path) {
+                            self.running.remove(i);
                         }
                     }
                     StageEventKind::Unspecified => {}
@@ -331,14 +341,23 @@ impl LogPrinter {
         }
     }
 
-    fn header(&mut self, out: &mut dyn Write, stage: &[String]) {
+    /// Prepares for output of `stage`: prints a header when the output
+    /// switches to it, or returns the `[NAME] ` prefix its lines need while
+    /// the stage of the last header still runs.
+    fn place(&mut self, out: &mut dyn Write, stage: &[String]) -> String {
         if self.current.as_deref() == Some(stage) {
-            return;
+            return String::new();
         }
         // Pipeline-level lines before the first stage need no header; after
         // a stage (the pipeline's `post`, its errors) they get one.
         if stage.is_empty() && self.current.is_none() {
-            return;
+            return String::new();
+        }
+        if !stage.is_empty()
+            && let Some(current) = &self.current
+            && self.running.contains(current)
+        {
+            return format!("[{}] ", stage.join(" › "));
         }
         let name = if stage.is_empty() {
             "pipeline".to_owned()
@@ -351,6 +370,7 @@ impl LogPrinter {
             let _ = writeln!(out, "── {name} ──");
         }
         self.current = Some(stage.to_vec());
+        String::new()
     }
 }
 
@@ -481,6 +501,7 @@ mod tests {
     fn check(events: &[JobEvent], stdout: &str, stderr: &str) {
         let mut printer = LogPrinter {
             current: None,
+            running: Vec::new(),
             color: false,
         };
         let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -503,20 +524,27 @@ mod tests {
                 log(&["Build"], Stdout, "compiling"),
                 log(&["Build"], Stderr, "warning: unused"),
                 stage(&["Build"], Finished, StageResult::Success, ""),
-                log(&["Test", "unit"], Stdout, "unit ok"),
-                log(&["Test", "e2e"], Stdout, "e2e ok"),
-                log(&["Test", "unit"], Stdout, "unit done"),
-                stage(
-                    &["Test", "e2e"],
-                    Finished,
-                    StageResult::Failure,
-                    "exit code 2",
+                stage(&["Test"], Started, StageResult::Unspecified, ""),
+                stage(&["unit"], Started, StageResult::Unspecified, ""),
+                stage(&["e2e"], Started, StageResult::Unspecified, ""),
+                log(&["unit"], Stdout, "unit ok"),
+                log(&["e2e"], Stderr, "e2e warning"),
+                log(&["unit"], Stdout, "unit done"),
+                stage(&["unit"], Finished, StageResult::Success, ""),
+                stage(&["e2e"], Finished, StageResult::Failure, "exit code 2"),
+                stage(&["Test"], Finished, StageResult::Failure, "exit code 2"),
+                stage(&["Deploy"], Started, StageResult::Unspecified, ""),
+                log(
+                    &["Deploy"],
+                    System,
+                    "Stage \"Deploy\" skipped due to earlier failure(s)",
                 ),
+                stage(&["Deploy"], Finished, StageResult::Skipped, ""),
                 log(&[], System, "the pipeline failed"),
                 log(&[], System, "Finished: FAILURE"),
             ],
-            "── stage Build ──\ncompiling\n── stage Test › unit ──\nunit ok\n── stage Test › e2e ──\ne2e ok\n── stage Test › unit ──\nunit done\n── stage Test › e2e ──\nstage Test › e2e failure: exit code 2\n── pipeline ──\nthe pipeline failed\n",
-            "warning: unused\n",
+            "── stage Build ──\ncompiling\n── stage Test ──\n[unit] unit ok\n[unit] unit done\n[e2e] stage e2e failure: exit code 2\nstage Test failure: exit code 2\n── stage Deploy ──\nStage \"Deploy\" skipped due to earlier failure(s)\n── pipeline ──\nthe pipeline failed\n",
+            "warning: unused\n[e2e] e2e warning\n",
         );
         // Lines before any stage need no header.
         check(
