@@ -161,6 +161,21 @@ fn a_failing_pipeline_exits_1_after_its_post_blocks() {
 }
 
 #[test]
+fn parallel_branches_are_prefixed_with_their_stage() {
+    let dir = project(&[(
+        "Jenkinsfile",
+        "pipeline {\n  agent any\n  stages {\n    stage('Test') {\n      parallel {\n        stage('a') { steps { sh 'echo from a' } }\n        stage('b') { agent any\n          steps { sh 'echo from b >&2' } }\n      }\n    }\n  }\n}\n",
+    )]);
+    check(
+        &["run", &path(dir.path(), "Jenkinsfile")],
+        &[],
+        0,
+        &["── stage Test ──\n", "[Test › a] from a\n"],
+        &["[Test › b] from b\n", "Finished: SUCCESS"],
+    );
+}
+
+#[test]
 fn a_malformed_pipeline_exits_2_with_the_position() {
     let dir = project(&[(
         "Jenkinsfile",
