@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hodei_domain::pipeline::{self, Diagnostic, PipelineError};
+use hodei_domain::pipeline::{self, Diagnostic, PipelineError, PlanBody, PlanStage};
 use hodei_domain::{DomainEvent, Job, JobId, JobStatus, StageResult, Timestamp, WorkerId};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -156,11 +156,16 @@ pub enum UpdateKind {
     StageStarted {
         /// The stage.
         stage: String,
+        /// Its path from the top (`["Test", "unit"]` for branch `unit` of
+        /// stage `Test`).
+        path: Vec<String>,
     },
     /// A stage ended.
     StageFinished {
         /// The stage.
         stage: String,
+        /// Its path from the top.
+        path: Vec<String>,
         /// How.
         result: StageResult,
         /// Why, when it did not succeed.
@@ -173,6 +178,8 @@ pub enum UpdateKind {
     Log {
         /// The stage it belongs to (empty outside stages).
         stage: String,
+        /// The stage's path from the top (empty outside stages).
+        path: Vec<String>,
         /// The step that produced it; `None` for the runner's lines.
         step_id: Option<String>,
         /// Which stream.
@@ -211,6 +218,8 @@ pub struct JobUpdate {
 pub struct StageSummary {
     /// The stage name.
     pub name: String,
+    /// Its path from the top.
+    pub path: Vec<String>,
     /// How it ended; `None` while it runs.
     pub result: Option<StageResult>,
     /// When it started.
@@ -594,6 +603,7 @@ impl Inner {
             inner: Arc::downgrade(&self),
             waiting: Mutex::new(HashMap::new()),
             partial: Mutex::new(HashMap::new()),
+            paths: stage_paths(&request.plan.stages),
         });
 
         let status = if cancel.is_cancelled() {
@@ -718,6 +728,7 @@ impl Inner {
                     entry.chunk.at,
                     UpdateKind::Log {
                         stage: String::new(),
+                        path: Vec::new(),
                         step_id: entry.chunk.step_id,
                         stream: entry.chunk.stream,
                         data: entry.chunk.data,
@@ -817,19 +828,25 @@ impl Journal {
         let mut stages: Vec<StageSummary> = Vec::new();
         for update in &state.updates {
             match &update.kind {
-                UpdateKind::StageStarted { stage }
+                UpdateKind::StageStarted { stage, path }
                     if !stages
                         .iter()
                         .any(|s| &s.name == stage && s.result.is_none()) =>
                 {
                     stages.push(StageSummary {
                         name: stage.clone(),
+                        path: path.clone(),
                         result: None,
                         started_at: update.at,
                         finished_at: None,
                     });
                 }
-                UpdateKind::StageFinished { stage, result, .. } => {
+                UpdateKind::StageFinished {
+                    stage,
+                    path,
+                    result,
+                    ..
+                } => {
                     match stages
                         .iter_mut()
                         .rev()
@@ -841,6 +858,7 @@ impl Journal {
                         }
                         None => stages.push(StageSummary {
                             name: stage.clone(),
+                            path: path.clone(),
                             result: Some(*result),
                             started_at: update.at,
                             finished_at: Some(update.at),
@@ -910,12 +928,46 @@ struct JobOutput {
     waiting: Mutex<HashMap<String, ()>>,
     /// Unfinished lines per step and stream, with their stage.
     partial: Mutex<PartialLines>,
+    /// Each stage's path from the top, from the plan.
+    paths: HashMap<String, Vec<String>>,
 }
 
 type PartialLines = HashMap<(String, LogStream), (String, Vec<u8>)>;
 type PartialEntry = ((String, LogStream), (String, Vec<u8>));
 
+/// Every stage's path from the top of the plan.
+fn stage_paths(stages: &[PlanStage]) -> HashMap<String, Vec<String>> {
+    fn walk(stages: &[PlanStage], prefix: &[String], out: &mut HashMap<String, Vec<String>>) {
+        for stage in stages {
+            let mut path = prefix.to_vec();
+            path.push(stage.name.clone());
+            match &stage.body {
+                PlanBody::Steps => {}
+                PlanBody::Sequential(children)
+                | PlanBody::Parallel {
+                    branches: children, ..
+                } => walk(children, &path, out),
+            }
+            out.entry(stage.name.clone()).or_insert(path);
+        }
+    }
+    let mut out = HashMap::new();
+    walk(stages, &[], &mut out);
+    out
+}
+
 impl JobOutput {
+    /// The stage's path from the top (empty outside stages).
+    fn path_of(&self, stage: &str) -> Vec<String> {
+        if stage.is_empty() {
+            return Vec::new();
+        }
+        self.paths
+            .get(stage)
+            .cloned()
+            .unwrap_or_else(|| vec![stage.to_owned()])
+    }
+
     /// Records one whole line (without its newline).
     fn line(&self, stage: &str, step_id: Option<&str>, stream: LogStream, line: &[u8]) {
         let at = self.clock.now();
@@ -931,6 +983,7 @@ impl JobOutput {
             at,
             UpdateKind::Log {
                 stage: stage.to_owned(),
+                path: self.path_of(stage),
                 step_id: step_id.map(str::to_owned),
                 stream,
                 data: line.to_vec(),
@@ -1009,6 +1062,7 @@ impl RunOutput for JobOutput {
                     now,
                     UpdateKind::StageStarted {
                         stage: stage.to_owned(),
+                        path: self.path_of(stage),
                     },
                 );
                 let _ = self.pump.send(Pumped::Event(DomainEvent::StageStarted {
@@ -1022,6 +1076,7 @@ impl RunOutput for JobOutput {
                     now,
                     UpdateKind::StageFinished {
                         stage: stage.to_owned(),
+                        path: self.path_of(stage),
                         result,
                         message,
                     },

@@ -126,7 +126,7 @@ pub fn job_to_proto(job: &Job, stages: &[StageSummary]) -> pb::Job {
         stages: stages
             .iter()
             .map(|s| pb::StageSummary {
-                path: vec![s.name.clone()],
+                path: s.path.clone(),
                 result: s
                     .result
                     .map_or(pb::StageResult::Unspecified, stage_result_to_proto)
@@ -143,14 +143,6 @@ pub fn job_to_proto(job: &Job, stages: &[StageSummary]) -> pb::Job {
     }
 }
 
-fn path(stage: String) -> Vec<String> {
-    if stage.is_empty() {
-        Vec::new()
-    } else {
-        vec![stage]
-    }
-}
-
 /// A journal entry as a `JobEvent`.
 pub fn update_to_proto(update: JobUpdate) -> pb::JobEvent {
     use pb::job_event::Kind;
@@ -162,29 +154,31 @@ pub fn update_to_proto(update: JobUpdate) -> pb::JobEvent {
                 message,
             })
         }
-        UpdateKind::StageStarted { stage } => Kind::Stage(pb::StageEvent {
-            path: path(stage),
+        UpdateKind::StageStarted { path, .. } => Kind::Stage(pb::StageEvent {
+            path,
             kind: pb::StageEventKind::Started as i32,
             result: pb::StageResult::Unspecified as i32,
             message: String::new(),
         }),
         UpdateKind::StageFinished {
-            stage,
+            path,
             result,
             message,
+            ..
         } => Kind::Stage(pb::StageEvent {
-            path: path(stage),
+            path,
             kind: pb::StageEventKind::Finished as i32,
             result: stage_result_to_proto(result) as i32,
             message,
         }),
         UpdateKind::Log {
-            stage,
+            path,
             step_id,
             stream,
             data,
+            ..
         } => Kind::Log(pb::LogLine {
-            stage: path(stage),
+            stage: path,
             step_id: step_id.unwrap_or_default(),
             stream: log_stream_to_proto(stream) as i32,
             text: String::from_utf8_lossy(&data).into_owned(),
@@ -428,6 +422,7 @@ mod tests {
             at: Timestamp(5),
             kind: UpdateKind::Log {
                 stage: "Build".into(),
+                path: vec!["Build".into()],
                 step_id: Some("3".into()),
                 stream: LogStream::Stderr,
                 data: b"caf\xc3\xa9 \xff".to_vec(),

@@ -232,6 +232,21 @@ fn parallel_branches_really_overlap() {
         );
         assert!(watched.has_line("a.ready saw b.ready"));
         assert!(watched.has_line("b.ready saw a.ready"));
+        for branch in ["Both/A", "Both/B", "Both"] {
+            assert_eq!(
+                watched.stages.get(branch),
+                Some(&pb::StageResult::Success),
+                "{branch} in {:?}",
+                watched.stages
+            );
+        }
+        let a_line = watched.events.iter().find_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::Log(line)) if line.text.contains("a.ready saw") => {
+                Some(line.stage.clone())
+            }
+            _ => None,
+        });
+        assert_eq!(a_line, Some(vec!["Both".to_owned(), "A".to_owned()]));
         server.stop().await;
     });
 }
