@@ -41,6 +41,7 @@ use hodei_application::orchestrator::{ServerEndpoint, WorkerHandle, WorkerOrches
 use hodei_application::submit::{CreateAndExecuteJob, JobPorts, JobsConfig};
 use hodei_application::templates::WorkerTemplateRepository;
 use hodei_application::workers::WorkerRepository;
+use hodei_infrastructure::docker::{DockerConfig, DockerOrchestrator};
 use hodei_infrastructure::local::{
     DEFAULT_PROBE_TIMEOUT, LocalConfig, LocalOrchestrator, detect_host_capabilities,
 };
@@ -150,8 +151,33 @@ impl Server {
                     vec![local],
                 )
             }
+            Backend::Docker => {
+                let binary = match &settings.worker_binary {
+                    Some(path) => path.clone(),
+                    None => LocalConfig::resolve_worker_binary().context(
+                        "worker_binary: the docker backend injects a static hodei-worker into \
+                         each container (build it with scripts/build-static-worker.sh)",
+                    )?,
+                };
+                let mut config = DockerConfig::new(Some(binary));
+                config.server_lost_grace = Some(settings.worker_lost_after);
+                if let Some(socket) = std::env::var("DOCKER_HOST")
+                    .ok()
+                    .filter(|h| h.starts_with("unix://"))
+                {
+                    config.socket = socket;
+                }
+                let docker = DockerOrchestrator::new(config);
+                match docker.ping().await {
+                    Ok(version) => tracing::info!(%version, "docker engine answers"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "docker backend: jobs fail until the engine answers")
+                    }
+                }
+                (Arc::new(docker) as Arc<dyn WorkerOrchestrator>, Vec::new())
+            }
             other => anyhow::bail!(
-                "backend: the {other} backend is not available in this build; use backend = \"local\""
+                "backend: the {other} backend is not available in this build; use backend = \"local\" or \"docker\""
             ),
         };
         if let Some(path) = &settings.templates {

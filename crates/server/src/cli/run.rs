@@ -54,7 +54,7 @@ pub struct Args {
     /// A running Hodei server's gRPC address [default: an embedded server]
     #[arg(long, env = "HODEI_SERVER", value_name = "URL")]
     server: Option<String>,
-    /// The embedded server's backend (only `local` is built in) [default: local]
+    /// The embedded server's backend: `local`, or `docker` (workers in containers, with the static hodei-worker of HODEI_WORKER_BINARY) [default: local]
     #[arg(long, value_name = "BACKEND")]
     backend: Option<Backend>,
     /// Extra environment for every step (repeatable)
@@ -182,9 +182,9 @@ struct Embedded {
 
 impl Embedded {
     async fn start(mut settings: Settings) -> anyhow::Result<Embedded> {
-        if settings.backend != Backend::Local {
+        if !matches!(settings.backend, Backend::Local | Backend::Docker) {
             anyhow::bail!(
-                "--backend {}: the embedded server runs the local backend; start `hodei server` with backend = \"{}\" and pass --server",
+                "--backend {}: the embedded server runs the local or docker backend; start `hodei server` with backend = \"{}\" and pass --server",
                 settings.backend,
                 settings.backend
             );
@@ -197,7 +197,7 @@ impl Embedded {
         settings.http_addr = ([127, 0, 0, 1], 0).into();
         settings.advertise_host = None;
         settings.data_dir = data.path().to_owned();
-        if settings.worker_binary.is_none() {
+        if settings.worker_binary.is_none() && settings.backend == Backend::Local {
             settings.worker_binary = Some(super::server::own_worker_command(data.path())?);
         }
         let handle = Server::start(settings).await?;

@@ -2,6 +2,7 @@
 
 mod cli_run;
 mod cli_server;
+mod docker;
 mod e2e;
 mod pipeline;
 mod support;
