@@ -13,8 +13,9 @@
 //!   because it costs nothing per container and works for `FROM scratch`
 //!   images; the path is a path on the engine's host, so a server inside a
 //!   container must mount the binary at the same path (or use images that
-//!   ship the worker). With `worker_binary: None` the image's own
-//!   entrypoint is used: the image ships the worker.
+//!   ship the worker). An image labelled `dev.hodei.ships-worker=true`
+//!   ([`SHIPS_WORKER_LABEL`], as the images of `docker/` are) runs its own
+//!   entrypoint, and so does every image when `worker_binary` is `None`.
 //! - **Container**: named `hodei-<worker id>`, labelled with
 //!   [`WorkerSpec::backend_labels`], environment
 //!   [`WorkerSpec::worker_environment`] (the token included; never logged)
@@ -61,6 +62,9 @@ use tokio_stream::StreamExt;
 
 /// Where the injected worker binary appears inside a container.
 pub const WORKER_PATH: &str = "/opt/hodei/hodei-worker";
+/// The image label by which an image says it ships the worker as its
+/// entrypoint (value `true`): nothing is injected into its containers.
+pub const SHIPS_WORKER_LABEL: &str = "dev.hodei.ships-worker";
 /// The engine's socket when none is configured.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 /// The variables a `docker` agent's `-e` cannot change.
@@ -229,19 +233,21 @@ impl DockerOrchestrator {
         Ok(docker)
     }
 
-    /// Makes sure the image is on the engine, pulling it if allowed.
+    /// Makes sure the image is on the engine, pulling it if allowed;
+    /// returns whether the image says it ships the worker
+    /// ([`SHIPS_WORKER_LABEL`]).
     async fn ensure_image(
         &self,
         docker: &Docker,
         image: &str,
         worker_id: &WorkerId,
-    ) -> Result<(), OrchestratorError> {
+    ) -> Result<bool, OrchestratorError> {
         let provisioning = |reason: String| OrchestratorError::Provisioning {
             worker_id: worker_id.clone(),
             reason,
         };
         match docker.inspect_image(image).await {
-            Ok(_) => return Ok(()),
+            Ok(inspected) => return Ok(ships_worker(&inspected)),
             Err(e) if status_of(&e) == Some(404) => {}
             Err(e) if status_of(&e).is_some() => {
                 return Err(provisioning(format!(
@@ -273,7 +279,10 @@ impl DockerOrchestrator {
             Ok(())
         };
         match tokio::time::timeout(self.config.pull_timeout, pull).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => Ok(docker
+                .inspect_image(image)
+                .await
+                .is_ok_and(|inspected| ships_worker(&inspected))),
             Ok(Err(words)) => Err(provisioning(format!(
                 "image \"{image}\" is not present on the docker engine and pulling it failed: {words}"
             ))),
@@ -284,8 +293,9 @@ impl DockerOrchestrator {
         }
     }
 
-    /// The container to create for `spec`.
-    fn container_body(&self, spec: &WorkerSpec) -> ContainerCreateBody {
+    /// The container to create for `spec`, injecting `inject` (the worker
+    /// binary on the engine's host) unless it is `None`.
+    fn container_body(&self, spec: &WorkerSpec, inject: Option<&PathBuf>) -> ContainerCreateBody {
         let mut env = spec.worker_environment();
         env.insert(
             "HODEI_WORKSPACE_ROOT".to_owned(),
@@ -304,7 +314,7 @@ impl DockerOrchestrator {
             .saturating_mul(1_000_000);
         let mut memory = resources.effective_memory_limit().bytes();
         let mut binds = Vec::new();
-        if let Some(binary) = &self.config.worker_binary {
+        if let Some(binary) = inject {
             binds.push(format!("{}:{WORKER_PATH}:ro", binary.display()));
         }
         let mut user = None;
@@ -340,12 +350,8 @@ impl DockerOrchestrator {
             env: Some(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(spec.backend_labels().into_iter().collect()),
             working_dir: Some(self.config.workspace_dir.clone()),
-            entrypoint: self
-                .config
-                .worker_binary
-                .as_ref()
-                .map(|_| vec![WORKER_PATH.to_owned()]),
-            cmd: self.config.worker_binary.as_ref().map(|_| Vec::new()),
+            entrypoint: inject.map(|_| vec![WORKER_PATH.to_owned()]),
+            cmd: inject.map(|_| Vec::new()),
             user,
             host_config: Some(host_config),
             ..Default::default()
@@ -382,6 +388,16 @@ impl DockerOrchestrator {
             Err(e) => Err(self.engine_error(e)),
         }
     }
+}
+
+/// Whether an image carries [`SHIPS_WORKER_LABEL`]` = true`.
+fn ships_worker(image: &bollard::models::ImageInspect) -> bool {
+    image
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.as_ref())
+        .and_then(|labels| labels.get(SHIPS_WORKER_LABEL))
+        .is_some_and(|v| v == "true")
 }
 
 /// The last `count` non-empty lines of `text`, each cut to [`MAX_LINE`].
@@ -428,7 +444,8 @@ impl WorkerOrchestrator for DockerOrchestrator {
     async fn create_worker(&self, spec: WorkerSpec) -> Result<WorkerHandle, OrchestratorError> {
         let docker = self.client().await?;
         let image = spec.template.image().to_owned();
-        self.ensure_image(&docker, &image, &spec.worker_id).await?;
+        let ships_worker = self.ensure_image(&docker, &image, &spec.worker_id).await?;
+        let inject = self.config.worker_binary.as_ref().filter(|_| !ships_worker);
         let name = container_name(&spec.worker_id);
         let provisioning = |reason: String| OrchestratorError::Provisioning {
             worker_id: spec.worker_id.clone(),
@@ -436,7 +453,7 @@ impl WorkerOrchestrator for DockerOrchestrator {
         };
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         let created = match docker
-            .create_container(Some(options), self.container_body(&spec))
+            .create_container(Some(options), self.container_body(&spec, inject))
             .await
         {
             Ok(created) => created,
@@ -605,7 +622,8 @@ mod tests {
     /// The container body for a spec, summarised; memory swap always
     /// equals memory.
     fn check(config: DockerConfig, spec: &WorkerSpec, expected: Summary<'_>) {
-        let body = DockerOrchestrator::new(config).container_body(spec);
+        let body = DockerOrchestrator::new(config.clone())
+            .container_body(spec, config.worker_binary.as_ref());
         let host = body.host_config.clone().unwrap();
         assert_eq!(host.memory_swap, host.memory);
         assert_eq!(host.network_mode.as_deref(), Some("host"));
@@ -696,7 +714,7 @@ mod tests {
             resources("1", "1Gi"),
             Some("-e A=from-args -e FROM_TEMPLATE=2 -e HODEI_WORKER_TOKEN=stolen -e WORKER_ID=x"),
         );
-        let body = DockerOrchestrator::new(DockerConfig::new(None)).container_body(&s);
+        let body = DockerOrchestrator::new(DockerConfig::new(None)).container_body(&s, None);
         let env = body.env.unwrap();
         assert!(env.contains(&"A=from-args".to_owned()));
         assert!(env.contains(&"FROM_TEMPLATE=2".to_owned()));

@@ -177,10 +177,18 @@ fn inspect(name: &str, format: &str) -> String {
 
 /// Builds a throwaway image from the test image with another entrypoint.
 fn entrypoint_image(tag: &str, script: &str) -> bool {
-    let dockerfile = format!(
-        "FROM {TEST_IMAGE}\nENTRYPOINT [\"/bin/sh\", \"-c\", {}]\n",
-        serde_json_string(script)
-    );
+    derived_image(
+        tag,
+        &format!(
+            "ENTRYPOINT [\"/bin/sh\", \"-c\", {}]\n",
+            serde_json_string(script)
+        ),
+    )
+}
+
+/// Builds a throwaway image from the test image plus `lines`.
+fn derived_image(tag: &str, lines: &str) -> bool {
+    let dockerfile = format!("FROM {TEST_IMAGE}\n{lines}");
     let mut child = Command::new("docker")
         .args(["build", "-q", "-t", tag, "-"])
         .stdin(std::process::Stdio::piped())
@@ -577,5 +585,30 @@ async fn a_docker_agent_whose_worker_dies_fails_with_the_engine_reason_and_leave
         "{reason}"
     );
     assert!(manager.active_workers().is_empty());
+    assert_none_left(&server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_that_ships_the_worker_runs_its_own_entrypoint() {
+    let Some(o) = engine().await else { return };
+    let server = server_id("ships");
+    let tag = format!("hodei-test/ships:{}", uuid::Uuid::new_v4().simple());
+    assert!(
+        derived_image(&tag, "LABEL dev.hodei.ships-worker=\"true\"\n"),
+        "building {tag}"
+    );
+    let handle = o
+        .create_worker(spec(&server, "w-ships", template(&tag, &[])))
+        .await
+        .unwrap();
+    let name = container_name(&handle.worker_id);
+    let entrypoint = inspect(&name, "{{json .Config.Entrypoint}}");
+    let mounts = inspect(&name, "{{len .Mounts}}");
+    let state = o.worker_state(&handle.worker_id).await.unwrap();
+    o.delete_worker(&handle.worker_id).await.unwrap();
+    let _ = Command::new("docker").args(["rmi", &tag]).output();
+    assert_eq!(entrypoint, "[\"/usr/local/bin/hodei-worker\"]");
+    assert_eq!(mounts, "0", "nothing injected");
+    assert_eq!(state, BackendState::Running);
     assert_none_left(&server);
 }
