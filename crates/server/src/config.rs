@@ -15,7 +15,7 @@
 //! heartbeat_interval = "5s"         # HODEI_HEARTBEAT_INTERVAL
 //! worker_lost_after = "30s"         # HODEI_WORKER_LOST_AFTER
 //! max_source_bytes = "64Mi"         # HODEI_MAX_SOURCE_BYTES (workspace source limit)
-//! worker_binary = "/usr/local/bin/hodei-worker"  # HODEI_WORKER_BINARY (local backend)
+//! worker_binary = "/usr/local/bin/hodei-worker"  # HODEI_WORKER_BINARY (local: the worker run; docker: the static worker bind-mounted into containers)
 //! ```
 //!
 //! A bad value is an error naming the key (and, for the file, its line).
@@ -141,7 +141,9 @@ pub struct Settings {
     /// as `64Mi`).
     #[serde(with = "quantity_str")]
     pub max_source_bytes: u64,
-    /// The `hodei-worker` binary the local backend starts; defaults to the
+    /// The `hodei-worker` binary the local backend starts, or the static one
+    /// (`scripts/build-static-worker.sh`) the docker backend bind-mounts
+    /// into each container (a path on the engine's host); defaults to the
     /// one next to `hodei`, else `hodei-worker` on `PATH`.
     pub worker_binary: Option<PathBuf>,
 }

@@ -189,6 +189,7 @@ async fn run_sh(
         }
     };
     let pgid = child.id().unwrap_or(0);
+    let oom_kills_before = oom_kills();
     let _ = out
         .send(message(worker_message::Kind::StepStarted(StepStarted {
             step_id: spec.step_id.clone(),
@@ -302,15 +303,45 @@ async fn run_sh(
                     started,
                 ),
                 None => {
-                    let text = match status.signal() {
+                    let mut text = match status.signal() {
                         Some(signal) => format!("script killed by signal {signal}"),
                         None => format!("script returned exit code {code}"),
                     };
+                    let sigkilled = status.signal() == Some(9) || code == 128 + 9;
+                    if sigkilled && oom_kills() > oom_kills_before {
+                        let note = "hodei-worker: the step was OOM-killed: the kernel's \
+                                    out-of-memory killer ended it at its memory limit\n";
+                        let _ = out
+                            .send(send_chunk(
+                                LogStream::Stderr,
+                                note.as_bytes().to_vec(),
+                                sequence,
+                            ))
+                            .await;
+                        text.push_str(" (OOM-killed at the memory limit)");
+                    }
                     finished(&spec.step_id, code, StepOutcome::Failed, text, started)
                 }
             }
         }
     }
+}
+
+/// How many processes the kernel's out-of-memory killer has ended in this
+/// worker's cgroup (a container's own cgroup: cgroup v2 `memory.events` or
+/// v1 `memory.oom_control`); `None` when neither can be read.
+fn oom_kills() -> Option<u64> {
+    [
+        "/sys/fs/cgroup/memory.events",
+        "/sys/fs/cgroup/memory/memory.oom_control",
+    ]
+    .iter()
+    .find_map(|path| {
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+    })
 }
 
 async fn pump(

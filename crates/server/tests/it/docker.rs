@@ -179,7 +179,7 @@ fn failures_carry_the_engine_reason_and_leave_no_container() {
         ),
         (
             "pipeline {\n  agent { docker { image 'hodei/worker:test'; args '--memory 32m' } }\n  stages { stage('S') { steps { sh 'head -c 64m /dev/zero | tail' } } }\n}\n",
-            "script returned exit code 137",
+            "hodei-worker: the step was OOM-killed: the kernel's out-of-memory killer ended it at its memory limit",
         ),
         (
             "pipeline {\n  agent { docker { image 'hodei/worker:test'; args '-u nosuchuser' } }\n  stages { stage('S') { steps { sh 'true' } } }\n}\n",
