@@ -273,6 +273,9 @@ fn a_server_killed_with_sigkill_collects_its_containers_when_it_starts_again() {
         command
             .arg("server")
             .env("HODEI_BACKEND", "docker")
+            // Workers dial `localhost`: the static worker resolves it from
+            // /etc/hosts inside the FROM scratch image.
+            .env("HODEI_ADVERTISE_HOST", "localhost")
             .env("HODEI_GRPC_ADDR", "127.0.0.1:0")
             .env("HODEI_HTTP_ADDR", "127.0.0.1:0")
             .env("HODEI_DATA_DIR", data.path());
@@ -320,4 +323,35 @@ fn a_server_killed_with_sigkill_collects_its_containers_when_it_starts_again() {
     assert_eq!(second.wait().unwrap().code(), Some(0));
     assert_no_container_left(&server);
     assert_no_process_left(&second_tag);
+}
+
+#[test]
+fn an_unreachable_engine_fails_the_job_and_the_server_keeps_running() {
+    let Some(worker) = docker_ready() else { return };
+    let server = server_id("no-engine");
+    let tag = tag();
+    let dir = project(
+        "pipeline {\n  agent { docker 'hodei/worker:test' }\n  stages { stage('S') { steps { sh 'echo never' } } }\n}\n",
+    );
+    let out = hodei_docker(&tag, &worker, &server)
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .args(["run", "--backend", "docker"])
+        .arg(dir.path().join("Jenkinsfile"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(
+            "worker backend unavailable: docker engine at unix:///nonexistent/docker.sock is unreachable: Socket not found: /nonexistent/docker.sock"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("echo never\nnever"), "{text}");
+    assert_no_container_left(&server);
+    assert_no_process_left(&tag);
 }
