@@ -372,10 +372,11 @@ async fn a_container_killed_for_its_memory_limit_is_reported_oom_killed() {
     let server = server_id("oom");
     let tag = format!("hodei-test/oom:{}", uuid::Uuid::new_v4().simple());
     assert!(
-        entrypoint_image(&tag, "head -c 64m /dev/zero | tail"),
+        entrypoint_image(&tag, "exec tail /dev/zero"),
         "building {tag}"
     );
-    // The image's own entrypoint (it ships no worker) allocates past 16m.
+    // The image's own entrypoint (it ships no worker) is the process that
+    // allocates past 16m, so the engine reports the container OOM-killed.
     let mut config = o.config().clone();
     config.worker_binary = None;
     let o = DockerOrchestrator::new(config);
