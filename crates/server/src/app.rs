@@ -161,6 +161,7 @@ impl Server {
                 };
                 let mut config = DockerConfig::new(Some(binary));
                 config.server_lost_grace = Some(settings.worker_lost_after);
+                config.network_mode.clone_from(&settings.docker_network);
                 if let Some(socket) = std::env::var("DOCKER_HOST")
                     .ok()
                     .filter(|h| h.starts_with("unix://"))

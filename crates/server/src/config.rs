@@ -15,6 +15,7 @@
 //! heartbeat_interval = "5s"         # HODEI_HEARTBEAT_INTERVAL
 //! worker_lost_after = "30s"         # HODEI_WORKER_LOST_AFTER
 //! max_source_bytes = "64Mi"         # HODEI_MAX_SOURCE_BYTES (workspace source limit)
+//! docker_network = "host"          # HODEI_DOCKER_NETWORK (docker backend: the containers' network mode)
 //! worker_binary = "/usr/local/bin/hodei-worker"  # HODEI_WORKER_BINARY (local: the worker run; docker: the static worker bind-mounted into containers)
 //! ```
 //!
@@ -146,6 +147,10 @@ pub struct Settings {
     /// into each container (a path on the engine's host); defaults to the
     /// one next to `hodei`, else `hodei-worker` on `PATH`.
     pub worker_binary: Option<PathBuf>,
+    /// The docker backend's network mode for worker containers (`host`,
+    /// `bridge` or a network name); workers must reach `advertise_host`
+    /// from it.
+    pub docker_network: String,
 }
 
 impl Default for Settings {
@@ -165,6 +170,7 @@ impl Default for Settings {
             worker_lost_after: Duration::from_secs(30),
             max_source_bytes: 64 * 1024 * 1024,
             worker_binary: None,
+            docker_network: "host".to_owned(),
         }
     }
 }
@@ -299,6 +305,9 @@ impl Settings {
         }
         if let Some(v) = get(&lookup, "HODEI_WORKER_BINARY", path)? {
             self.worker_binary = Some(v);
+        }
+        if let Some(v) = get(&lookup, "HODEI_DOCKER_NETWORK", text)? {
+            self.docker_network = v;
         }
         Ok(())
     }
