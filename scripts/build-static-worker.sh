@@ -5,7 +5,8 @@
 #
 # Usage: scripts/build-static-worker.sh [OUT_DIR]
 #   OUT_DIR  where the stripped binary goes (default: target/static)
-# Honours CARGO_TARGET_DIR. Prints the binary's path on its last line.
+# Honours CARGO_TARGET_DIR. Prints the binary's absolute path on its last
+# line.
 #
 # The same build by hand:
 #   RUSTFLAGS="-C target-feature=+crt-static" \
@@ -32,4 +33,4 @@ if command -v strip >/dev/null; then
     strip "$out_dir/hodei-worker.tmp"
 fi
 mv "$out_dir/hodei-worker.tmp" "$out_dir/hodei-worker"
-echo "$out_dir/hodei-worker"
+echo "$(cd "$out_dir" && pwd)/hodei-worker"

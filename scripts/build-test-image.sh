@@ -7,8 +7,8 @@
 # Usage: scripts/build-test-image.sh
 #   Needs: docker, and busybox-static (apt-get install -y busybox-static)
 #   for /bin/busybox (or BUSYBOX=/path/to/static/busybox).
-#   Honours CARGO_TARGET_DIR. Prints the worker binary's path on its last
-#   line (the docker tests bind-mount it; export HODEI_DOCKER_WORKER_BINARY
+#   Honours CARGO_TARGET_DIR. Prints the worker binary's absolute path on
+#   its last line (the docker tests bind-mount it; export HODEI_DOCKER_WORKER_BINARY
 #   to that path to be explicit).
 set -euo pipefail
 

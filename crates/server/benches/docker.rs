@@ -27,9 +27,11 @@ const IMAGE: &str = "hodei/worker:test";
 const MARKER: &str = "first-step-output";
 
 fn static_worker() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     match std::env::var_os("HODEI_DOCKER_WORKER_BINARY") {
-        Some(path) => PathBuf::from(path),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/static/hodei-worker"),
+        // A relative path is taken from the repository root.
+        Some(path) => root.join(path),
+        None => root.join("target/static/hodei-worker"),
     }
 }
 

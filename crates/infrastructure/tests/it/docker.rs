@@ -35,9 +35,11 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// The static worker the tests inject: `HODEI_DOCKER_WORKER_BINARY`, else
 /// where `scripts/build-test-image.sh` puts it.
 pub fn worker_binary() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     match std::env::var_os("HODEI_DOCKER_WORKER_BINARY") {
-        Some(path) => PathBuf::from(path),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/static/hodei-worker"),
+        // A relative path is taken from the repository root.
+        Some(path) => root.join(path),
+        None => root.join("target/static/hodei-worker"),
     }
 }
 

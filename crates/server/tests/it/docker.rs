@@ -20,7 +20,8 @@ use super::cli_run::{
 /// `scripts/build-test-image.sh` puts it.
 fn static_worker() -> PathBuf {
     match std::env::var_os("HODEI_DOCKER_WORKER_BINARY") {
-        Some(path) => PathBuf::from(path),
+        // A relative path is taken from the repository root.
+        Some(path) => root().join(path),
         None => root().join("target/static/hodei-worker"),
     }
 }
