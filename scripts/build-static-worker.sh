@@ -20,7 +20,7 @@ out_dir=${1:-target/static}
 target_dir=${CARGO_TARGET_DIR:-target}
 
 RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release --locked -p hodei-worker --target "$target" >&2
+    cargo build --release -p hodei-worker --target "$target" >&2
 
 built="$target_dir/$target/release/hodei-worker"
 if command -v file >/dev/null && ! file -b "$built" | grep -q "static"; then
