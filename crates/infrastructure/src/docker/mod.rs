@@ -20,7 +20,7 @@
 //!   [`WorkerSpec::backend_labels`], environment
 //!   [`WorkerSpec::worker_environment`] (the token included; never logged)
 //!   plus `HODEI_WORKSPACE_ROOT`, working directory
-//!   [`DockerConfig::workspace_dir`], network mode
+//!   [`DockerConfig::workspace_dir`] (with `-u`: [`USER_WORKSPACE`]), network mode
 //!   [`DockerConfig::network_mode`] (`host` by default, so `127.0.0.1`
 //!   reaches the server), cpu and memory limits from the template's
 //!   resources (the limit, else the request; zero means none; swap off),
@@ -65,6 +65,10 @@ pub const WORKER_PATH: &str = "/opt/hodei/hodei-worker";
 /// The image label by which an image says it ships the worker as its
 /// entrypoint (value `true`): nothing is injected into its containers.
 pub const SHIPS_WORKER_LABEL: &str = "dev.hodei.ships-worker";
+/// The workspace root of a container whose agent sets `-u`: a directory
+/// that user can create (the engine creates the working directory as
+/// root).
+pub const USER_WORKSPACE: &str = "/tmp/hodei-workspace";
 /// The engine's socket when none is configured.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 /// The variables a `docker` agent's `-e` cannot change.
@@ -296,11 +300,18 @@ impl DockerOrchestrator {
     /// The container to create for `spec`, injecting `inject` (the worker
     /// binary on the engine's host) unless it is `None`.
     fn container_body(&self, spec: &WorkerSpec, inject: Option<&PathBuf>) -> ContainerCreateBody {
+        let user = spec.docker_args.as_ref().and_then(|a| a.user.clone());
+        // The engine creates a missing working directory owned by root, so
+        // another user works under /tmp, where it may create directories.
+        let (working_dir, workspace) = match &user {
+            None => (
+                self.config.workspace_dir.clone(),
+                self.config.workspace_dir.clone(),
+            ),
+            Some(_) => ("/tmp".to_owned(), USER_WORKSPACE.to_owned()),
+        };
         let mut env = spec.worker_environment();
-        env.insert(
-            "HODEI_WORKSPACE_ROOT".to_owned(),
-            self.config.workspace_dir.clone(),
-        );
+        env.insert("HODEI_WORKSPACE_ROOT".to_owned(), workspace);
         if let Some(grace) = self.config.server_lost_grace {
             env.insert(
                 "HODEI_SERVER_LOST_GRACE".to_owned(),
@@ -317,7 +328,6 @@ impl DockerOrchestrator {
         if let Some(binary) = inject {
             binds.push(format!("{}:{WORKER_PATH}:ro", binary.display()));
         }
-        let mut user = None;
         if let Some(args) = &spec.docker_args {
             // Above the template's environment, below the standard variables.
             for (key, value) in &args.env {
@@ -332,7 +342,6 @@ impl DockerOrchestrator {
             if let Some(c) = args.cpus {
                 nano_cpus = c.millis().saturating_mul(1_000_000);
             }
-            user.clone_from(&args.user);
         }
         let positive = |v: u64| (v > 0).then(|| i64::try_from(v).unwrap_or(i64::MAX));
         let memory = positive(memory);
@@ -349,7 +358,7 @@ impl DockerOrchestrator {
             image: Some(spec.template.image().to_owned()),
             env: Some(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(spec.backend_labels().into_iter().collect()),
-            working_dir: Some(self.config.workspace_dir.clone()),
+            working_dir: Some(working_dir),
             entrypoint: inject.map(|_| vec![WORKER_PATH.to_owned()]),
             cmd: inject.map(|_| Vec::new()),
             user,
@@ -645,14 +654,18 @@ mod tests {
                 entrypoint.map(|e| e.iter().map(|s| s.to_string()).collect())
             )
         );
-        assert_eq!(body.working_dir.as_deref(), Some("/workspace"));
+        let (working_dir, root) = match user {
+            None => ("/workspace", "HODEI_WORKSPACE_ROOT=/workspace"),
+            Some(_) => ("/tmp", "HODEI_WORKSPACE_ROOT=/tmp/hodei-workspace"),
+        };
+        assert_eq!(body.working_dir.as_deref(), Some(working_dir));
         let labels = body.labels.unwrap();
         assert_eq!(labels[LABEL_SERVER_ID], "srv");
         assert_eq!(labels[LABEL_WORKER_ID], "w-1");
         let env = body.env.unwrap();
         for expected in [
             "HODEI_WORKER_TOKEN=secret",
-            "HODEI_WORKSPACE_ROOT=/workspace",
+            root,
             "FROM_TEMPLATE=1",
             "EPHEMERAL_MODE=true",
         ] {

@@ -356,3 +356,32 @@ fn an_unreachable_engine_fails_the_job_and_the_server_keeps_running() {
     assert_no_container_left(&server);
     assert_no_process_left(&tag);
 }
+
+#[test]
+fn docker_args_set_the_user_environment_and_volumes_of_the_steps() {
+    let Some(worker) = docker_ready() else { return };
+    let server = server_id("args");
+    let tag = tag();
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("from-host.txt"), "host file\n").unwrap();
+    let pipeline = format!(
+        "pipeline {{\n  agent {{ docker {{ image 'hodei/worker:test'; args '-u 65534:65534 -e MODE=ci -v {}:/shared:ro' }} }}\n  stages {{ stage('S') {{ steps {{\n    sh 'echo \"uid=$(id -u) mode=$MODE $(cat /shared/from-host.txt)\"'\n    sh 'echo x > written.txt && echo \"workspace=$PWD\"'\n  }} }} }}\n}}\n",
+        shared.path().display()
+    );
+    let dir = project(&pipeline);
+    let out = hodei_docker(&tag, &worker, &server)
+        .args(["run", "--backend", "docker"])
+        .arg(dir.path().join("Jenkinsfile"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("uid=65534 mode=ci host file"), "{stdout}");
+    assert!(
+        stdout.contains("workspace=/tmp/hodei-workspace/"),
+        "{stdout}"
+    );
+    assert_no_container_left(&server);
+    assert_no_process_left(&tag);
+}
