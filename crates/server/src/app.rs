@@ -140,6 +140,7 @@ impl Server {
                         .context("worker_binary: no hodei-worker binary")?,
                 };
                 let mut config = LocalConfig::new(binary);
+                config.worker_args.clone_from(&settings.worker_args);
                 config.workspace_root = settings.data_dir.join("workspaces");
                 config.server_lost_grace = Some(settings.worker_lost_after);
                 let host = detect_host_capabilities(DEFAULT_PROBE_TIMEOUT).await;

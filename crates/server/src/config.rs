@@ -17,6 +17,7 @@
 //! max_source_bytes = "64Mi"         # HODEI_MAX_SOURCE_BYTES (workspace source limit)
 //! docker_network = "host"          # HODEI_DOCKER_NETWORK (docker backend: the containers' network mode)
 //! worker_binary = "/usr/local/bin/hodei-worker"  # HODEI_WORKER_BINARY (local: the worker run; docker: the static worker bind-mounted into containers)
+//! worker_args = []                  # HODEI_WORKER_ARGS (space separated; local: arguments before the worker's own, e.g. ["worker"] when worker_binary is hodei itself)
 //! ```
 //!
 //! A bad value is an error naming the key (and, for the file, its line).
@@ -147,6 +148,10 @@ pub struct Settings {
     /// into each container (a path on the engine's host); defaults to the
     /// one next to `hodei`, else `hodei-worker` on `PATH`.
     pub worker_binary: Option<PathBuf>,
+    /// Arguments the local backend passes to `worker_binary` before the
+    /// worker's own: `["worker"]` when `worker_binary` is the `hodei`
+    /// executable itself.
+    pub worker_args: Vec<String>,
     /// The docker backend's network mode for worker containers (`host`,
     /// `bridge` or a network name); workers must reach `advertise_host`
     /// from it.
@@ -170,6 +175,7 @@ impl Default for Settings {
             worker_lost_after: Duration::from_secs(30),
             max_source_bytes: 64 * 1024 * 1024,
             worker_binary: None,
+            worker_args: Vec::new(),
             docker_network: "host".to_owned(),
         }
     }
@@ -305,6 +311,11 @@ impl Settings {
         }
         if let Some(v) = get(&lookup, "HODEI_WORKER_BINARY", path)? {
             self.worker_binary = Some(v);
+        }
+        if let Some(v) = get(&lookup, "HODEI_WORKER_ARGS", |s: &str| {
+            Ok::<_, String>(s.split_whitespace().map(str::to_owned).collect())
+        })? {
+            self.worker_args = v;
         }
         if let Some(v) = get(&lookup, "HODEI_DOCKER_NETWORK", text)? {
             self.docker_network = v;
@@ -464,6 +475,7 @@ mod tests {
             ("HODEI_GRPC_ADDR", "0.0.0.0:7000"),
             ("HODEI_DATA_DIR", "/tmp/h"),
             ("HODEI_TEMPLATES", "/etc/hodei/t.yaml"),
+            ("HODEI_WORKER_ARGS", "worker  --verbose"),
         ]))
         .unwrap();
         assert_eq!(s.backend, Backend::Local);
@@ -471,6 +483,7 @@ mod tests {
         assert_eq!(s.grpc_addr.port(), 7000);
         assert_eq!(s.data_dir, PathBuf::from("/tmp/h"));
         assert_eq!(s.worker_facing_host(), "127.0.0.1");
+        assert_eq!(s.worker_args, ["worker", "--verbose"]);
     }
 
     #[test]

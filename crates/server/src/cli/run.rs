@@ -198,7 +198,7 @@ impl Embedded {
         settings.advertise_host = None;
         settings.data_dir = data.path().to_owned();
         if settings.worker_binary.is_none() && settings.backend == Backend::Local {
-            settings.worker_binary = Some(super::server::own_worker_command(data.path())?);
+            super::server::use_own_worker(&mut settings)?;
         }
         let handle = Server::start(settings).await?;
         Ok(Embedded {

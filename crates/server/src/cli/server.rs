@@ -2,7 +2,7 @@
 //! HTTP for health and metrics) until SIGINT or SIGTERM.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -55,12 +55,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         && settings.worker_binary.is_none()
         && LocalConfig::resolve_worker_binary().is_err()
     {
-        let dir = settings.data_dir.join("bin");
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("data_dir: cannot create {}", dir.display()))?;
-        let command = own_worker_command(&dir)?;
-        tracing::info!(worker = %command.display(), "no hodei-worker binary installed: workers run as `hodei worker`");
-        settings.worker_binary = Some(command);
+        use_own_worker(&mut settings)?;
+        tracing::info!("no hodei-worker binary installed: workers run as `hodei worker`");
     }
     let handle = Server::start(settings).await?;
     tracing::info!(
@@ -75,43 +71,25 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes `dir/hodei-worker`, a two-line shell script that runs
-/// `hodei worker` of this very executable, and returns its path. The local
-/// backend starts it as its worker binary when no `hodei-worker` is
-/// installed (`cargo run -p hodei-server` builds only `hodei`), so the
-/// worker is always the same version as the server.
-pub(crate) fn own_worker_command(dir: &Path) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-
+/// Makes the local backend start workers as `hodei worker` of this very
+/// executable, so the worker is always the same version as the server and
+/// `cargo run` (which builds only `hodei`) needs no separate binary.
+pub(crate) fn use_own_worker(settings: &mut Settings) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the hodei executable")?;
-    let quoted = format!("'{}'", exe.to_string_lossy().replace('\'', r"'\''"));
-    let path = dir.join("hodei-worker");
-    let script = format!(
-        "#!/bin/sh\n# The worker of the hodei executable that started the server.\nexec {quoted} worker \"$@\"\n"
-    );
-    std::fs::write(&path, script).with_context(|| format!("cannot write {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("cannot make {} executable", path.display()))?;
-    Ok(path)
+    settings.worker_binary = Some(exe);
+    settings.worker_args = vec!["worker".to_owned()];
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
     use super::*;
 
     #[test]
-    fn the_worker_command_runs_this_executable() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = own_worker_command(dir.path()).unwrap();
-        let script = std::fs::read_to_string(&path).unwrap();
-        let exe = std::env::current_exe().unwrap();
-        assert!(
-            script.contains(&format!("exec '{}' worker \"$@\"", exe.display())),
-            "{script}"
-        );
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o755);
+    fn the_own_worker_is_this_executable_with_the_worker_subcommand() {
+        let mut settings = Settings::default();
+        use_own_worker(&mut settings).unwrap();
+        assert_eq!(settings.worker_binary, Some(std::env::current_exe().unwrap()));
+        assert_eq!(settings.worker_args, ["worker"]);
     }
 }
