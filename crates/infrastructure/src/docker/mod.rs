@@ -185,6 +185,25 @@ impl DockerOrchestrator {
         }
     }
 
+    /// When the injected worker could not be executed ("no such file or
+    /// directory" for a file that is there) and it is dynamically linked:
+    /// why, and what to do.
+    fn loader_hint(&self, last_lines: &[String]) -> Option<String> {
+        let binary = self.config.worker_binary.as_ref()?;
+        let not_run = format!("exec {WORKER_PATH}: no such file or directory");
+        if !last_lines.iter().any(|l| l.contains(&not_run)) {
+            return None;
+        }
+        match is_static_executable(binary) {
+            Ok(false) => Some(format!(
+                " (the injected worker {} is dynamically linked and the image lacks its \
+                 loader or libc: use a static build, scripts/build-static-worker.sh)",
+                binary.display()
+            )),
+            _ => None,
+        }
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &DockerConfig {
         &self.config
@@ -399,6 +418,41 @@ impl DockerOrchestrator {
     }
 }
 
+/// Whether `path` is an ELF executable without a program interpreter
+/// (`PT_INTERP`), i.e. statically linked, so it runs in any image.
+///
+/// # Errors
+/// The file cannot be read or is not a 64-bit little-endian ELF file.
+pub fn is_static_executable(path: &std::path::Path) -> std::io::Result<bool> {
+    let bytes = std::fs::read(path)?;
+    elf_has_no_interpreter(&bytes).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not a 64-bit little-endian ELF file", path.display()),
+        )
+    })
+}
+
+fn elf_has_no_interpreter(bytes: &[u8]) -> Option<bool> {
+    const PT_INTERP: u32 = 3;
+    let u16_at = |at: usize| Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+    let u64_at = |at: usize| Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
+    // Magic, 64-bit class, little endian.
+    if bytes.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
+    let phentsize = usize::from(u16_at(0x36)?);
+    let phnum = usize::from(u16_at(0x38)?);
+    for i in 0..phnum {
+        if u32_at(phoff.checked_add(i.checked_mul(phentsize)?)?)? == PT_INTERP {
+            return Some(false);
+        }
+    }
+    Some(true)
+}
+
 /// Whether an image carries [`SHIPS_WORKER_LABEL`]` = true`.
 fn ships_worker(image: &bollard::models::ImageInspect) -> bool {
     image
@@ -563,14 +617,19 @@ impl WorkerOrchestrator for DockerOrchestrator {
         Ok(match state.status {
             Some(ContainerStateStatusEnum::CREATED) => BackendState::Pending,
             Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => {
+                let last_lines = self.last_lines(&docker, &name).await;
+                let mut reason = exit_reason(
+                    state.exit_code,
+                    state.oom_killed.unwrap_or(false),
+                    state.error.as_deref().unwrap_or(""),
+                );
+                if let Some(hint) = self.loader_hint(&last_lines) {
+                    reason.push_str(&hint);
+                }
                 BackendState::Exited {
                     code: state.exit_code.and_then(|c| i32::try_from(c).ok()),
-                    reason: exit_reason(
-                        state.exit_code,
-                        state.oom_killed.unwrap_or(false),
-                        state.error.as_deref().unwrap_or(""),
-                    ),
-                    last_lines: self.last_lines(&docker, &name).await,
+                    reason,
+                    last_lines,
                 }
             }
             Some(ContainerStateStatusEnum::REMOVING) => BackendState::NotFound,
@@ -734,6 +793,34 @@ mod tests {
         assert!(env.contains(&"HODEI_WORKER_TOKEN=secret".to_owned()));
         assert!(env.contains(&"WORKER_ID=w-1".to_owned()));
         assert!(!env.iter().any(|e| e.contains("stolen")));
+    }
+
+    #[test]
+    fn static_executables_are_told_from_dynamic_ones() {
+        // This test executable is dynamically linked (the default build).
+        let me = std::env::current_exe().unwrap();
+        assert!(!is_static_executable(&me).unwrap());
+        assert_eq!(elf_has_no_interpreter(b"#!/bin/sh\n"), None);
+        assert_eq!(elf_has_no_interpreter(b"\x7fELF\x02\x01"), None);
+        // A minimal header with no program headers: nothing asks for a loader.
+        let mut header = vec![0u8; 64];
+        header[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        assert_eq!(elf_has_no_interpreter(&header), Some(true));
+        // One PT_INTERP program header.
+        header[0x20] = 64;
+        header[0x36] = 56;
+        header[0x38] = 1;
+        header.extend_from_slice(&[3, 0, 0, 0]);
+        header.resize(64 + 56, 0);
+        assert_eq!(elf_has_no_interpreter(&header), Some(false));
+        let text = std::env::temp_dir().join(format!("hodei-not-elf-{}", std::process::id()));
+        std::fs::write(&text, "#!/bin/sh\n").unwrap();
+        let err = is_static_executable(&text).unwrap_err();
+        std::fs::remove_file(&text).unwrap();
+        assert!(
+            err.to_string()
+                .ends_with("is not a 64-bit little-endian ELF file")
+        );
     }
 
     #[test]

@@ -22,7 +22,9 @@ use hodei_domain::{
     CpuQuantity, DockerArgs, JobId, MemoryQuantity, ResourceRequirements, TemplateId, WorkerId,
     WorkerTemplate,
 };
-use hodei_infrastructure::docker::{DockerConfig, DockerOrchestrator, PullPolicy, container_name};
+use hodei_infrastructure::docker::{
+    DockerConfig, DockerOrchestrator, PullPolicy, container_name, is_static_executable,
+};
 use hodei_infrastructure::{
     BroadcastEventPublisher, InMemoryWorkerRepository, InMemoryWorkerTemplateRepository,
     RandomIdGenerator, SystemClock,
@@ -613,5 +615,36 @@ async fn an_image_that_ships_the_worker_runs_its_own_entrypoint() {
     assert_eq!(entrypoint, "[\"/usr/local/bin/hodei-worker\"]");
     assert_eq!(mounts, "0", "nothing injected");
     assert_eq!(state, BackendState::Running);
+    assert_none_left(&server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dynamically_linked_worker_in_a_scratch_image_fails_with_a_hint() {
+    let Some(o) = engine().await else { return };
+    let injected = o.config().worker_binary.clone().unwrap();
+    assert!(
+        is_static_executable(&injected).unwrap(),
+        "{} is static",
+        injected.display()
+    );
+    let server = server_id("dynamic");
+    // This test executable is dynamically linked: the scratch image has no
+    // loader for it.
+    let mut config = o.config().clone();
+    config.worker_binary = Some(std::env::current_exe().unwrap());
+    let o = DockerOrchestrator::new(config);
+    let handle = o
+        .create_worker(spec(&server, "w-dynamic", template(TEST_IMAGE, &[])))
+        .await
+        .unwrap();
+    let state = wait_terminal(&o, &handle.worker_id).await;
+    o.delete_worker(&handle.worker_id).await.unwrap();
+    let BackendState::Exited { reason, .. } = &state else {
+        panic!("expected an exit, got {state:?}");
+    };
+    assert!(
+        reason.contains("is dynamically linked and the image lacks its loader or libc: use a static build, scripts/build-static-worker.sh"),
+        "{reason}"
+    );
     assert_none_left(&server);
 }
