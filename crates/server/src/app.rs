@@ -57,7 +57,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Backend, Settings};
 use crate::grpc::{
-    AdminServiceImpl, HubConfig, JobServiceImpl, RegisteringOrchestrator, WorkerHub,
+    AdminServiceImpl, HubConfig, JobServiceImpl, RegisteringOrchestrator, StaticWorkers, WorkerHub,
 };
 use crate::http::{self, HttpState, Metrics, MetricsPublisher};
 
@@ -196,12 +196,20 @@ impl Server {
         let clock = Arc::new(SystemClock::new());
         let ids = Arc::new(RandomIdGenerator::new());
 
-        let hub = WorkerHub::new(HubConfig {
-            server_id: server_id.clone(),
-            heartbeat_interval: settings.heartbeat_interval,
-            worker_lost_after: settings.worker_lost_after,
-            hello_timeout: HELLO_TIMEOUT,
-        });
+        let hub = WorkerHub::with_static_workers(
+            HubConfig {
+                server_id: server_id.clone(),
+                heartbeat_interval: settings.heartbeat_interval,
+                worker_lost_after: settings.worker_lost_after,
+                hello_timeout: HELLO_TIMEOUT,
+            },
+            StaticWorkers {
+                secret: settings.static_worker_token.clone(),
+                workers: workers.clone(),
+                events: events.clone(),
+                clock: clock.clone(),
+            },
+        );
         let orchestrator = Arc::new(RegisteringOrchestrator::new(backend, hub.clone()));
         sweep_orphans(orchestrator.as_ref(), workers.as_ref(), &server_id).await;
 

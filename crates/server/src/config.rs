@@ -18,9 +18,17 @@
 //! docker_network = "host"          # HODEI_DOCKER_NETWORK (docker backend: the containers' network mode)
 //! worker_binary = "/usr/local/bin/hodei-worker"  # HODEI_WORKER_BINARY (local: the worker run; docker: the static worker bind-mounted into containers)
 //! worker_args = []                  # HODEI_WORKER_ARGS (space separated; local: arguments before the worker's own, e.g. ["worker"] when worker_binary is hodei itself)
+//! static_worker_token = "change-me" # HODEI_STATIC_WORKER_TOKEN (shared secret of static workers; unset: static workers are refused)
 //! ```
 //!
 //! A bad value is an error naming the key (and, for the file, its line).
+//!
+//! Static workers are started by hand and take any matching job, one after
+//! another; they register with `static_worker_token` as their token:
+//!
+//! ```text
+//! HODEI_WORKER_TOKEN=secret hodei worker --server-host 127.0.0.1 --server-port 9090 --capabilities linux,java-17
+//! ```
 //!
 //! Clients (`hodei run`, `hodei jobs`, `hodei workers`) read `HODEI_SERVER`
 //! as the default for `--server`; `hodei run` without a server starts an
@@ -68,6 +76,44 @@ impl fmt::Display for Backend {
             Backend::Docker => "docker",
             Backend::Kubernetes => "kubernetes",
         })
+    }
+}
+
+/// A secret setting (such as `static_worker_token`): `Debug` and `Display`
+/// print `****`, so printing the settings never shows it; only
+/// [`Secret::expose`] gives the value. Never empty.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret; `None` when it is empty.
+    pub fn new(secret: impl Into<String>) -> Option<Self> {
+        let secret = secret.into();
+        (!secret.is_empty()).then_some(Secret(secret))
+    }
+
+    /// The secret itself, for the one place that compares it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Secret::new(s).ok_or_else(|| serde::de::Error::custom("expected a non-empty secret"))
     }
 }
 
@@ -156,6 +202,9 @@ pub struct Settings {
     /// `bridge` or a network name); workers must reach `advertise_host`
     /// from it.
     pub docker_network: String,
+    /// The shared secret static workers (started by hand, `hodei worker`)
+    /// send as their token. None (the default): static workers are refused.
+    pub static_worker_token: Option<Secret>,
 }
 
 impl Default for Settings {
@@ -177,6 +226,7 @@ impl Default for Settings {
             worker_binary: None,
             worker_args: Vec::new(),
             docker_network: "host".to_owned(),
+            static_worker_token: None,
         }
     }
 }
@@ -319,6 +369,12 @@ impl Settings {
         }
         if let Some(v) = get(&lookup, "HODEI_DOCKER_NETWORK", text)? {
             self.docker_network = v;
+        }
+        // The value is never echoed: only an empty one is refused.
+        if let Some(v) = get(&lookup, "HODEI_STATIC_WORKER_TOKEN", |s: &str| {
+            Secret::new(s).ok_or_else(|| "expected a non-empty secret".to_owned())
+        })? {
+            self.static_worker_token = Some(v);
         }
         Ok(())
     }
@@ -507,5 +563,37 @@ mod tests {
         check("HODEI_JOB_TIMEOUT", "forever", "expected a duration");
         check("HODEI_MAX_SOURCE_BYTES", "lots", "expected a size");
         check("HODEI_DATA_DIR", "", "expected a path");
+        check(
+            "HODEI_STATIC_WORKER_TOKEN",
+            " ",
+            "expected a non-empty secret",
+        );
+    }
+
+    #[test]
+    fn the_static_worker_token_is_read_but_never_printed() {
+        let check = |settings: &Settings, expected: Option<&str>| {
+            assert_eq!(
+                settings.static_worker_token.as_ref().map(Secret::expose),
+                expected
+            );
+            let printed = format!("{settings:?}");
+            assert!(printed.contains("static_worker_token"), "{printed}");
+            if let Some(secret) = expected {
+                assert!(!printed.contains(secret), "{printed}");
+                assert!(printed.contains("Some(****)"), "{printed}");
+            }
+        };
+        check(&Settings::default(), None);
+        let from_file = Settings::from_toml("static_worker_token = \"fr0m-file\"\n").unwrap();
+        check(&from_file, Some("fr0m-file"));
+        let mut from_env = from_file.clone();
+        from_env
+            .apply_env(env(&[("HODEI_STATIC_WORKER_TOKEN", "fr0m-env")]))
+            .unwrap();
+        check(&from_env, Some("fr0m-env"));
+        let err = Settings::from_toml("static_worker_token = \"\"\n").unwrap_err();
+        assert!(err.contains("expected a non-empty secret"), "{err}");
+        assert_eq!(format!("{}", Secret::new("x").unwrap()), "****");
     }
 }

@@ -9,4 +9,6 @@ pub mod worker_service;
 
 pub use admin_service::AdminServiceImpl;
 pub use job_service::JobServiceImpl;
-pub use worker_service::{HubConfig, RegisteringOrchestrator, WorkerHub, WorkerServiceImpl};
+pub use worker_service::{
+    HubConfig, RegisteringOrchestrator, StaticWorkers, WorkerHub, WorkerServiceImpl,
+};

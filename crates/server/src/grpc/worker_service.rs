@@ -7,6 +7,16 @@
 //!   is compared in constant time and can be used once. A wrong, unknown or
 //!   reused token ends the call with `UNAUTHENTICATED`; the token itself
 //!   never appears in a log line or a message.
+//! - A **static** worker (started by hand: `ephemeral = false` in `Hello`,
+//!   an id the server did not create) registers with the configured shared
+//!   secret ([`StaticWorkers::secret`], compared in constant time). It is
+//!   recorded as [`Worker::registered_static`] with its capabilities as
+//!   labels, so the worker manager can claim it for any matching job, one
+//!   after another, on the same stream. Its record is removed when its
+//!   stream ends. With no secret configured static workers are refused; an
+//!   id of a worker the server created only accepts that worker's one-time
+//!   token; an id already connected is refused with `ALREADY_EXISTS` until
+//!   the old connection is gone.
 //! - An accepted worker gets `Welcome` and becomes a [`GrpcWorkerLink`],
 //!   which [`WorkerHub::wait_connected`] hands to the worker manager.
 //! - The server sends a `Heartbeat` every heartbeat interval (the worker
@@ -18,11 +28,13 @@
 //! Reconnecting after a broken stream is not offered yet (`Welcome` carries
 //! no `reconnect_token`): a worker that loses its stream is lost.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use hodei_application::clock::Clock;
+use hodei_application::events::EventPublisher;
 use hodei_application::orchestrator::{
     BackendState, BackendWorker, OneTimeToken, OrchestratorError, WorkerHandle, WorkerOrchestrator,
     WorkerSpec,
@@ -30,7 +42,8 @@ use hodei_application::orchestrator::{
 use hodei_application::worker_link::{
     Assignment, LinkError, LogSink, StepOutcome, StepRequest, WorkerGateway, WorkerLink,
 };
-use hodei_domain::WorkerId;
+use hodei_application::workers::WorkerRepository;
+use hodei_domain::{DomainEvent, Worker, WorkerId};
 use hodei_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 use hodei_proto::v1::{self as pb, ServerMessage, WorkerMessage, server_message, worker_message};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -39,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
+use crate::config::Secret;
 
 /// Largest piece of source sent in one `SourceChunk`.
 const SOURCE_CHUNK: usize = 1024 * 1024;
@@ -60,6 +74,27 @@ pub struct HubConfig {
     pub hello_timeout: Duration,
 }
 
+/// How static workers (started by hand) are admitted and recorded.
+#[derive(Clone)]
+pub struct StaticWorkers {
+    /// The shared secret they send as their token; `None` refuses them.
+    pub secret: Option<Secret>,
+    /// Where they are recorded, for the worker manager to claim them.
+    pub workers: Arc<dyn WorkerRepository>,
+    /// Where their registration and loss are published.
+    pub events: Arc<dyn EventPublisher>,
+    /// Registration time.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for StaticWorkers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticWorkers")
+            .field("secret", &self.secret)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Connected workers and the tokens of the workers expected to connect.
 #[derive(Debug, Clone)]
 pub struct WorkerHub {
@@ -69,10 +104,23 @@ pub struct WorkerHub {
 #[derive(Debug)]
 struct HubInner {
     config: HubConfig,
+    statics: Option<StaticWorkers>,
     tokens: Mutex<HashMap<WorkerId, TokenEntry>>,
     links: Mutex<HashMap<WorkerId, Arc<GrpcWorkerLink>>>,
+    /// Ids that registered as static workers: waiting for one that is not
+    /// connected fails at once instead of waiting for a connection.
+    static_ids: Mutex<HashSet<WorkerId>>,
     generation: watch::Sender<u64>,
     closing: CancellationToken,
+}
+
+/// Who an accepted `Hello` is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Admitted {
+    /// A worker the server created, with its one-time token.
+    Created(WorkerId),
+    /// A static worker with the shared secret.
+    Static(WorkerId),
 }
 
 #[derive(Debug)]
@@ -99,11 +147,22 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl WorkerHub {
-    /// A hub with no worker.
+    /// A hub with no worker, refusing static workers.
     pub fn new(config: HubConfig) -> Self {
+        Self::build(config, None)
+    }
+
+    /// A hub with no worker that admits static workers as `statics` says.
+    pub fn with_static_workers(config: HubConfig, statics: StaticWorkers) -> Self {
+        Self::build(config, Some(statics))
+    }
+
+    fn build(config: HubConfig, statics: Option<StaticWorkers>) -> Self {
         WorkerHub {
             inner: Arc::new(HubInner {
                 config,
+                statics,
+                static_ids: Mutex::new(HashSet::new()),
                 tokens: Mutex::new(HashMap::new()),
                 links: Mutex::new(HashMap::new()),
                 generation: watch::Sender::new(0),
@@ -149,7 +208,10 @@ impl WorkerHub {
         self.inner.closing.cancel();
     }
 
-    fn authenticate(&self, worker: &str, token: &str) -> Result<WorkerId, Status> {
+    /// Checks a `Hello`: a worker the server created must bring its
+    /// one-time token; any other id may register as a static worker (when
+    /// `ephemeral` is false) with the shared secret.
+    fn authenticate(&self, worker: &str, token: &str, ephemeral: bool) -> Result<Admitted, Status> {
         let refused = || {
             tracing::warn!(worker, "worker registration refused");
             Status::unauthenticated(
@@ -159,14 +221,123 @@ impl WorkerHub {
         let id = WorkerId::new(worker).map_err(|_| refused())?;
         let mut tokens = lock(&self.inner.tokens);
         let Some(entry) = tokens.get_mut(&id) else {
-            return Err(refused());
+            drop(tokens);
+            if ephemeral {
+                return Err(refused());
+            }
+            return self.authenticate_static(id, token);
         };
         let matches = constant_time_eq(entry.secret.expose().as_bytes(), token.as_bytes());
         if !matches || entry.used {
             return Err(refused());
         }
         entry.used = true;
-        Ok(id)
+        Ok(Admitted::Created(id))
+    }
+
+    fn authenticate_static(&self, id: WorkerId, token: &str) -> Result<Admitted, Status> {
+        let Some(secret) = self.inner.statics.as_ref().and_then(|s| s.secret.as_ref()) else {
+            tracing::warn!(worker = %id, "static worker refused: no static_worker_token configured");
+            return Err(Status::unauthenticated(
+                "static worker registration refused: this server accepts no static workers \
+                 (set static_worker_token or HODEI_STATIC_WORKER_TOKEN on the server)",
+            ));
+        };
+        if !constant_time_eq(secret.expose().as_bytes(), token.as_bytes()) {
+            tracing::warn!(worker = %id, "static worker refused: wrong shared token");
+            return Err(Status::unauthenticated(
+                "static worker registration refused: wrong token (expected the server's static_worker_token)",
+            ));
+        }
+        Ok(Admitted::Static(id))
+    }
+
+    /// Records a static worker that passed [`Self::authenticate`] and
+    /// attaches its link; refuses the id of a worker the server created
+    /// and an id that is connected now.
+    async fn register_static(
+        &self,
+        link: &Arc<GrpcWorkerLink>,
+        hello: &pb::Hello,
+    ) -> Result<(), Status> {
+        let Some(statics) = &self.inner.statics else {
+            return Err(Status::unauthenticated(
+                "static worker registration refused: this server accepts no static workers",
+            ));
+        };
+        let id = &link.id;
+        match statics.workers.find_by_id(id).await {
+            Ok(Some(known)) if known.is_ephemeral() => {
+                tracing::warn!(worker = %id, "static worker refused: the id is an ephemeral worker's");
+                return Err(Status::unauthenticated(
+                    "worker registration refused: unknown worker, or a wrong or already used token",
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(Status::unavailable(format!(
+                    "cannot read the worker records: {e}"
+                )));
+            }
+        }
+        {
+            let mut links = lock(&self.inner.links);
+            if links.contains_key(id) {
+                return Err(Status::already_exists(format!(
+                    "worker {id} is already connected; retry once its old connection is gone"
+                )));
+            }
+            lock(&self.inner.static_ids).insert(id.clone());
+            links.insert(id.clone(), link.clone());
+        }
+        let name = if hello.name.trim().is_empty() {
+            id.to_string()
+        } else {
+            hello.name.trim().to_owned()
+        };
+        let labels = hello
+            .capabilities
+            .iter()
+            .map(|c| c.trim())
+            .filter(|c| !c.is_empty());
+        let worker = Worker::registered_static(id.clone(), name, labels, statics.clock.now());
+        if let Err(e) = statics.workers.save(worker).await {
+            self.detach(link);
+            return Err(Status::unavailable(format!(
+                "cannot record the worker: {e}"
+            )));
+        }
+        self.inner.generation.send_modify(|g| *g += 1);
+        statics
+            .events
+            .publish(DomainEvent::WorkerConnected { worker: id.clone() })
+            .await;
+        Ok(())
+    }
+
+    /// Forgets a static worker whose stream ended: its record goes (so it
+    /// is not claimed again) while its link is still attached, so a new
+    /// connection with the same id cannot register in between.
+    async fn unregister_static(&self, link: &Arc<GrpcWorkerLink>, reason: &str) {
+        let Some(statics) = &self.inner.statics else {
+            return;
+        };
+        let current = lock(&self.inner.links)
+            .get(&link.id)
+            .is_some_and(|l| Arc::ptr_eq(l, link));
+        if !current {
+            return;
+        }
+        if let Err(e) = statics.workers.delete(&link.id).await {
+            tracing::warn!(worker = %link.id, error = %e, "cannot forget static worker");
+        }
+        statics
+            .events
+            .publish(DomainEvent::WorkerLost {
+                worker: link.id.clone(),
+                reason: reason.to_owned(),
+            })
+            .await;
     }
 
     fn attach(&self, link: Arc<GrpcWorkerLink>) {
@@ -195,16 +366,26 @@ impl WorkerGateway for WorkerHub {
                 generation.borrow_and_update();
                 let found = lock(&self.inner.links).get(worker).cloned();
                 if let Some(link) = found {
-                    return Some(link);
+                    return Ok(link);
+                }
+                if lock(&self.inner.static_ids).contains(worker) {
+                    return Err(LinkError::Lost {
+                        worker: worker.clone(),
+                        reason: "the static worker is not connected".to_owned(),
+                    });
                 }
                 if generation.changed().await.is_err() {
-                    return None;
+                    return Err(LinkError::NotConnected {
+                        worker: worker.clone(),
+                        after: deadline,
+                    });
                 }
             }
         };
         match tokio::time::timeout(deadline, wait).await {
-            Ok(Some(link)) => Ok(link),
-            _ => Err(LinkError::NotConnected {
+            Ok(Ok(link)) => Ok(link as Arc<dyn WorkerLink>),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(LinkError::NotConnected {
                 worker: worker.clone(),
                 after: deadline,
             }),
@@ -264,8 +445,11 @@ impl WorkerService for WorkerServiceImpl {
                 "expected hello as the first message",
             ));
         };
-        let id = hub.authenticate(&hello.worker_id, &hello.token)?;
-        tracing::info!(worker = %id, name = %hello.name, version = %hello.version, "worker connected");
+        let admitted = hub.authenticate(&hello.worker_id, &hello.token, hello.ephemeral)?;
+        let (id, is_static) = match admitted {
+            Admitted::Created(id) => (id, false),
+            Admitted::Static(id) => (id, true),
+        };
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let welcome = server_msg(server_message::Kind::Welcome(pb::Welcome {
             worker_id: id.to_string(),
@@ -273,11 +457,34 @@ impl WorkerService for WorkerServiceImpl {
             reconnect_token: String::new(),
             server_id: hub.inner.config.server_id.clone(),
         }));
-        let _ = tx.send(Ok(welcome)).await;
-        let link = Arc::new(GrpcWorkerLink::new(id, tx.clone()));
-        hub.attach(link.clone());
-        tokio::spawn(session(hub.clone(), link, inbound, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        // The channel is empty: the welcome goes before anything else.
+        let _ = tx.try_send(Ok(welcome));
+        let link = Arc::new(GrpcWorkerLink::new(id.clone(), tx.clone()));
+        // Registration and the session run in their own task, so a call
+        // dropped half way never leaves a record or a link behind without a
+        // session to clean them up.
+        let (admitted_tx, admitted_rx) = oneshot::channel();
+        let session_hub = hub.clone();
+        tokio::spawn(async move {
+            if is_static {
+                if let Err(status) = session_hub.register_static(&link, &hello).await {
+                    let _ = admitted_tx.send(Err(status));
+                    return;
+                }
+            } else {
+                session_hub.attach(link.clone());
+            }
+            tracing::info!(worker = %link.id, name = %hello.name, version = %hello.version, is_static, "worker connected");
+            let _ = admitted_tx.send(Ok(()));
+            session(session_hub, link, inbound, tx, is_static).await;
+        });
+        match admitted_rx.await {
+            Ok(Ok(())) => Ok(Response::new(ReceiverStream::new(rx))),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(Status::internal(format!(
+                "the registration of worker {id} ended unexpectedly"
+            ))),
+        }
     }
 }
 
@@ -287,6 +494,7 @@ async fn session(
     link: Arc<GrpcWorkerLink>,
     mut inbound: Streaming<WorkerMessage>,
     tx: Outbound,
+    is_static: bool,
 ) {
     let config = &hub.inner.config;
     let mut beat = tokio::time::interval(config.heartbeat_interval);
@@ -316,6 +524,9 @@ async fn session(
         }
     };
     tracing::info!(worker = %link.id, %reason, "worker disconnected");
+    if is_static {
+        hub.unregister_static(&link, &reason).await;
+    }
     link.mark_lost(reason);
     hub.detach(&link);
 }
@@ -674,22 +885,100 @@ mod tests {
         let id = WorkerId::new("w-1").unwrap();
         hub.expect(id.clone(), OneTimeToken::new("s3cret-token"));
         let refused = |worker: &str, token: &str| {
-            let status = hub.authenticate(worker, token).unwrap_err();
-            assert_eq!(status.code(), tonic::Code::Unauthenticated);
-            assert!(
-                token.is_empty() || !status.message().contains(token),
-                "{}",
-                status.message()
-            );
+            for ephemeral in [true, false] {
+                let status = hub.authenticate(worker, token, ephemeral).unwrap_err();
+                assert_eq!(status.code(), tonic::Code::Unauthenticated);
+                assert!(
+                    token.is_empty() || !status.message().contains(token),
+                    "{}",
+                    status.message()
+                );
+            }
         };
         refused("w-1", "s3cret-tokeN");
         refused("w-1", "");
         refused("w-2", "s3cret-token");
         refused("not a valid id!", "s3cret-token");
-        assert_eq!(hub.authenticate("w-1", "s3cret-token").unwrap(), id);
+        assert_eq!(
+            hub.authenticate("w-1", "s3cret-token", true).unwrap(),
+            Admitted::Created(id.clone())
+        );
         refused("w-1", "s3cret-token");
         hub.forget(&id);
         refused("w-1", "s3cret-token");
+    }
+
+    fn static_hub(secret: Option<&str>) -> WorkerHub {
+        WorkerHub::with_static_workers(
+            hub().inner.config.clone(),
+            StaticWorkers {
+                secret: secret.and_then(Secret::new),
+                workers: Arc::new(hodei_infrastructure::InMemoryWorkerRepository::new()),
+                events: Arc::new(hodei_infrastructure::BroadcastEventPublisher::new(16)),
+                clock: Arc::new(hodei_infrastructure::SystemClock::new()),
+            },
+        )
+    }
+
+    #[test]
+    fn static_workers_bring_the_shared_secret() {
+        let check = |hub: &WorkerHub,
+                     worker: &str,
+                     token: &str,
+                     ephemeral: bool,
+                     expected: Result<Admitted, &str>| {
+            let got = hub.authenticate(worker, token, ephemeral);
+            match (got, expected) {
+                (Ok(got), Ok(expected)) => assert_eq!(got, expected),
+                (Err(status), Err(text)) => {
+                    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+                    assert!(
+                        status.message().contains(text),
+                        "{} should contain {text:?}",
+                        status.message()
+                    );
+                    assert!(
+                        token.is_empty() || !status.message().contains(token),
+                        "{}",
+                        status.message()
+                    );
+                }
+                (got, expected) => panic!("{worker} {token}: got {got:?}, expected {expected:?}"),
+            }
+        };
+        let id = |s: &str| WorkerId::new(s).unwrap();
+        let with = static_hub(Some("shared-s3cret"));
+        check(
+            &with,
+            "s-1",
+            "shared-s3cret",
+            false,
+            Ok(Admitted::Static(id("s-1"))),
+        );
+        check(&with, "s-1", "shared-s3creT", false, Err("wrong token"));
+        check(&with, "s-1", "", false, Err("wrong token"));
+        // A static secret does not admit a worker that says it is ephemeral.
+        check(&with, "s-1", "shared-s3cret", true, Err("unknown worker"));
+        // Nor a worker the server created, whatever it says.
+        with.expect(id("e-1"), OneTimeToken::new("one-time"));
+        check(&with, "e-1", "shared-s3cret", false, Err("unknown worker"));
+        check(
+            &with,
+            "e-1",
+            "one-time",
+            false,
+            Ok(Admitted::Created(id("e-1"))),
+        );
+
+        for hub in [static_hub(None), hub()] {
+            check(
+                &hub,
+                "s-1",
+                "shared-s3cret",
+                false,
+                Err("accepts no static workers"),
+            );
+        }
     }
 
     #[tokio::test]
