@@ -21,8 +21,12 @@
 //! through `AdminService.PutTemplate`, as an operator would), so neither
 //! serialises the jobs. Everything else is the default configuration.
 //!
-//! The worker binary is built with `cargo build --release -p hodei-worker`
-//! into the bench's own target directory before the clock starts.
+//! Workers are the release `hodei-worker` binary (what the local backend
+//! starts when it is installed next to `hodei`), built with `cargo build
+//! --release -p hodei-worker` into the bench's own target directory before
+//! the clock starts; with `--worker=hodei` they are `hodei worker` of the
+//! release `hodei` executable (what the server starts when no
+//! `hodei-worker` is installed, e.g. under `cargo run`).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -64,14 +68,27 @@ const IDLE_PIPELINE: &str =
     "pipeline { agent any; stages { stage('Idle') { steps { sh 'sleep 300' } } } }";
 
 fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench`; other arguments name phases.
-    let wanted: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    // `cargo bench` passes `--bench`; `--worker=hodei` starts workers as
+    // `hodei worker`; other arguments name phases.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let wanted: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
     let runs = |phase: &str| wanted.is_empty() || wanted.iter().any(|w| phase.contains(w.as_str()));
-    let worker = build_worker()?;
-    println!("worker binary: {}", worker.display());
+    let worker = match args.iter().find_map(|a| a.strip_prefix("--worker=")) {
+        None | Some("hodei-worker") => Worker {
+            binary: build_release("hodei-worker", "hodei-worker")?,
+            args: Vec::new(),
+        },
+        Some("hodei") => Worker {
+            binary: build_release("hodei-server", "hodei")?,
+            args: vec!["worker".to_owned()],
+        },
+        Some(other) => bail!("--worker: expected `hodei-worker` or `hodei`, got `{other}`"),
+    };
+    println!(
+        "workers run as: {} {}",
+        worker.binary.display(),
+        worker.args.join(" ")
+    );
     println!(
         "cpus: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -94,9 +111,15 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-/// Builds the release `hodei-worker` into this bench's target directory
-/// (a no-op when it is up to date) and returns its path.
-fn build_worker() -> anyhow::Result<PathBuf> {
+/// The command the local backend starts for each worker.
+struct Worker {
+    binary: PathBuf,
+    args: Vec<String>,
+}
+
+/// Builds the release binary `bin` of `package` into this bench's target
+/// directory (a no-op when it is up to date) and returns its path.
+fn build_release(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("the bench executable's path")?;
     // target/release/deps/e2e-HASH → target/release
     let profile_dir = exe
@@ -108,23 +131,16 @@ fn build_worker() -> anyhow::Result<PathBuf> {
         .parent()
         .context("target/<profile> has a parent")?;
     let status = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "hodei-worker",
-            "--bin",
-            "hodei-worker",
-        ])
+        .args(["build", "--release", "-p", package, "--bin", bin])
         .arg("--target-dir")
         .arg(target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
-        .context("cannot run cargo to build hodei-worker")?;
+        .with_context(|| format!("cannot run cargo to build {bin}"))?;
     if !status.success() {
-        bail!("building hodei-worker failed: {status}");
+        bail!("building {bin} failed: {status}");
     }
-    let path = target_dir.join("release").join("hodei-worker");
+    let path = target_dir.join("release").join(bin);
     if !path.is_file() {
         bail!("{} was not built", path.display());
     }
@@ -146,14 +162,15 @@ impl Bench {
 
 /// Starts a server on port 0 with the default settings but the worker
 /// caps raised to [`WORKER_CAP`].
-async fn start(worker: &Path, phase: &str) -> anyhow::Result<Bench> {
+async fn start(worker: &Worker, phase: &str) -> anyhow::Result<Bench> {
     let data = tempfile::tempdir().context("cannot create a data directory")?;
     let settings = Settings {
         grpc_addr: "127.0.0.1:0".parse()?,
         http_addr: "127.0.0.1:0".parse()?,
         data_dir: data.path().to_owned(),
         server_id: Some(format!("bench-{}-{phase}", std::process::id())),
-        worker_binary: Some(worker.to_owned()),
+        worker_binary: Some(worker.binary.clone()),
+        worker_args: worker.args.clone(),
         max_workers: WORKER_CAP,
         ..Settings::default()
     };
@@ -187,7 +204,7 @@ async fn start(worker: &Path, phase: &str) -> anyhow::Result<Bench> {
 
 /// Runs one phase on a fresh server, bounded by [`PHASE_TIMEOUT`], then
 /// stops the server and checks that no worker process is left.
-async fn run_phase<F, Fut>(name: &str, worker: &Path, phase: F) -> anyhow::Result<()>
+async fn run_phase<F, Fut>(name: &str, worker: &Worker, phase: F) -> anyhow::Result<()>
 where
     F: FnOnce(Arc<Bench>) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
