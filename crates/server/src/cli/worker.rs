@@ -17,9 +17,14 @@ use hodei_worker::{Outcome, WorkerArgs};
 /// shutdown, a finished segment or a signal; 1 when the server refused the
 /// worker; 2 for a bad setting; 3 when the server was lost past the grace
 /// period.
+///
+/// Started by hand, it is a static worker: it registers with the server's
+/// shared secret (the server's `static_worker_token`, or
+/// `HODEI_STATIC_WORKER_TOKEN`) as its token, offers its capabilities as
+/// labels, and takes any matching job, one after another, until stopped.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  hodei worker --server-host hodei.example --token \"$TOKEN\" --capabilities linux,git\n  SERVER_HOST=127.0.0.1 HODEI_WORKER_TOKEN=… hodei worker"
+    after_help = "Examples:\n  # a static worker; the server runs with HODEI_STATIC_WORKER_TOKEN=secret\n  HODEI_WORKER_TOKEN=secret hodei worker --server-host 127.0.0.1 --server-port 9090 --capabilities linux,java-17\n  hodei worker --server-host hodei.example --token \"$TOKEN\" --capabilities linux,git"
 )]
 pub struct Args {
     #[command(flatten)]

@@ -5,5 +5,6 @@ mod cli_server;
 mod docker;
 mod e2e;
 mod pipeline;
+mod static_workers;
 mod support;
 mod templates;
