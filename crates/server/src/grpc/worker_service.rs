@@ -982,6 +982,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_static_worker_is_recorded_while_connected_and_forgotten_after() {
+        let hub = static_hub(Some("shared-s3cret"));
+        let Some(statics) = hub.inner.statics.clone() else {
+            panic!("the hub admits static workers");
+        };
+        let id = WorkerId::new("s-7").unwrap();
+        let hello = pb::Hello {
+            worker_id: id.to_string(),
+            name: " builder ".into(),
+            capabilities: vec!["linux".into(), " java-17 ".into(), String::new()],
+            ..Default::default()
+        };
+        let (tx, _rx) = mpsc::channel(4);
+        let link = Arc::new(GrpcWorkerLink::new(id.clone(), tx.clone()));
+        hub.register_static(&link, &hello).await.unwrap();
+        let record = statics.workers.find_by_id(&id).await.unwrap().unwrap();
+        assert_eq!(
+            record,
+            Worker::registered_static(
+                id.clone(),
+                "builder",
+                ["java-17", "linux"],
+                record.created_at()
+            )
+        );
+        assert!(record.is_idle_static());
+        let found = hub
+            .wait_connected(&id, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(found.worker_id(), &id);
+
+        // A second connection with the same id waits for the first to go.
+        let twin = Arc::new(GrpcWorkerLink::new(id.clone(), tx));
+        let status = hub.register_static(&twin, &hello).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::AlreadyExists);
+
+        hub.unregister_static(&link, "gone").await;
+        link.mark_lost("gone".into());
+        hub.detach(&link);
+        assert_eq!(statics.workers.find_by_id(&id).await.unwrap(), None);
+        // Waiting for a static worker that is gone fails at once.
+        let err = hub
+            .wait_connected(&id, Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LinkError::Lost { .. }), "{err:?}");
+        hub.register_static(&twin, &hello).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn waiting_for_a_worker_that_never_connects_times_out() {
         let hub = hub();
         let id = WorkerId::new("w-9").unwrap();
