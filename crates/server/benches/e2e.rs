@@ -470,6 +470,7 @@ async fn memory(bench: Arc<Bench>) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(11)).await;
     let loaded = vm_kib("VmRSS")?;
     let peak = vm_kib("VmHWM")?;
+    let threads = proc_kib("/proc/self/status", "Threads").unwrap_or(0);
     let created = bench.handle.created_workers();
     let worker_rss: u64 = created
         .iter()
@@ -477,7 +478,7 @@ async fn memory(bench: Arc<Bench>) -> anyhow::Result<()> {
         .filter_map(|pid| proc_kib(&format!("/proc/{pid}/status"), "VmRSS"))
         .sum();
     println!(
-        "bench process VmRSS with {IDLE_WORKERS} workers connected: {} (delta {}, peak VmHWM {})",
+        "bench process VmRSS with {IDLE_WORKERS} workers connected: {} (delta {}, peak VmHWM {}), {threads} threads",
         mib(loaded),
         mib(loaded.saturating_sub(baseline)),
         mib(peak)
@@ -582,7 +583,11 @@ fn proc_kib(path: &str, key: &str) -> Option<u64> {
 }
 
 fn mib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
+    format!(
+        "{:.1} MiB = {:.1} MB",
+        kib as f64 / 1024.0,
+        kib as f64 * 1024.0 / 1e6
+    )
 }
 
 fn load_average() -> String {
