@@ -28,7 +28,6 @@
 //! release `hodei` executable (what the server starts when no
 //! `hodei-worker` is installed, e.g. under `cargo run`).
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,6 +35,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use hodei_application::orchestrator::WorkerHandle;
+use hodei_infrastructure::local::{is_live, processes_marked_by};
 use hodei_proto::v1 as pb;
 use hodei_proto::v1::admin_service_client::AdminServiceClient;
 use hodei_proto::v1::job_service_client::JobServiceClient;
@@ -611,46 +611,19 @@ async fn wait_for_no_worker_process(workers: &[WorkerHandle]) -> Vec<u32> {
     }
 }
 
-/// Pids of live (not zombie) processes that are one of `workers` (by pid)
-/// or carry one of their `WORKER_ID`s in their environment (their steps).
+/// Pids of live (not zombie) processes that belong to `workers`: the
+/// workers themselves (by pid) and whatever carries their `WORKER_ID`.
 fn live_worker_processes(workers: &[WorkerHandle]) -> Vec<u32> {
-    let pids: Vec<u32> = workers
+    let ids: Vec<String> = workers.iter().map(|w| w.worker_id.to_string()).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut live = processes_marked_by(&ids);
+    for pid in workers
         .iter()
-        .filter_map(|w| w.backend_id.parse().ok())
-        .collect();
-    let markers: HashSet<Vec<u8>> = workers
-        .iter()
-        .map(|w| format!("WORKER_ID={}", w.worker_id).into_bytes())
-        .collect();
-    let mut live = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return live;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if is_zombie(pid) {
-            continue;
-        }
-        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-        let carries_marker = environ.split(|&b| b == 0).any(|var| markers.contains(var));
-        if pids.contains(&pid) || carries_marker {
+        .filter_map(|w| w.backend_id.parse::<u32>().ok())
+    {
+        if is_live(pid) && !live.contains(&pid) {
             live.push(pid);
         }
     }
     live
-}
-
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            stat.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
 }

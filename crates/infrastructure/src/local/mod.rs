@@ -25,7 +25,7 @@
 pub mod capabilities;
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -262,12 +262,32 @@ fn signal_group(pgid: u32, signal: Signal) {
 /// Kills every process (and its process group) whose environment holds
 /// `WORKER_ID=<id>`: what a worker's steps left behind.
 fn kill_marked_processes(worker_id: &str) -> usize {
-    let marker = format!("WORKER_ID={worker_id}");
+    let marked = processes_marked_by(&[worker_id]);
+    for &pid in &marked {
+        if let Some(pgid) = process_group_of(pid) {
+            signal_group(pgid, Signal::SIGKILL);
+        }
+        if let Ok(raw) = i32::try_from(pid) {
+            let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+        }
+    }
+    marked.len()
+}
+
+/// Live processes, other than this one, whose environment holds
+/// `WORKER_ID=<id>` for one of `worker_ids`: the workers the local backend
+/// started and everything their steps started, even outside their process
+/// groups. Processes this user may not read are passed over.
+pub fn processes_marked_by(worker_ids: &[&str]) -> Vec<u32> {
+    let markers: Vec<String> = worker_ids
+        .iter()
+        .map(|id| format!("WORKER_ID={id}"))
+        .collect();
     let me = std::process::id();
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
+        return Vec::new();
     };
-    let mut killed = 0;
+    let mut marked = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -282,26 +302,27 @@ fn kill_marked_processes(worker_id: &str) -> usize {
         let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
             continue;
         };
-        if !environ
+        let carries_marker = environ
             .split(|b| *b == 0)
-            .any(|var| var == marker.as_bytes())
-        {
-            continue;
+            .any(|var| markers.iter().any(|m| var == m.as_bytes()));
+        if carries_marker && is_live(pid) {
+            marked.push(pid);
         }
-        if let Some(pgid) = process_group_of(&entry.path()) {
-            signal_group(pgid, Signal::SIGKILL);
-        }
-        if let Ok(raw) = i32::try_from(pid) {
-            let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
-        }
-        killed += 1;
     }
-    killed
+    marked
+}
+
+/// Whether `pid` is a running process (it exists and is not a zombie).
+pub fn is_live(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
 }
 
 /// The process group id from `/proc/<pid>/stat` (field 5).
-fn process_group_of(proc_dir: &Path) -> Option<u32> {
-    let stat = std::fs::read_to_string(proc_dir.join("stat")).ok()?;
+fn process_group_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
     rest.split_whitespace().nth(2)?.parse().ok()
 }
@@ -502,7 +523,7 @@ mod tests {
 
     #[test]
     fn process_group_from_stat() {
-        let me = process_group_of(Path::new("/proc/self"));
+        let me = process_group_of(std::process::id());
         assert_eq!(me, Some(nix::unistd::getpgrp().as_raw() as u32));
     }
 }
