@@ -177,7 +177,11 @@ fn short_attached(flag: &str) -> Option<(Opt, &str)> {
     if flag.starts_with("--") || flag.len() <= 2 {
         return None;
     }
-    let (name, value) = flag.split_at(2);
+    // `get` rather than `split_at`: the third byte may fall inside a
+    // multi-byte character (`-é`).
+    let (Some(name), Some(value)) = (flag.get(..2), flag.get(2..)) else {
+        return None;
+    };
     let opt = match name {
         "-e" => Opt::Env,
         "-v" => Opt::Volume,
@@ -404,6 +408,19 @@ mod tests {
         check("-u 1000:1000", Ok("user 1000:1000"));
         check("--user=jenkins", Ok("user jenkins"));
         check("--memory 1g --memory 2g", Ok("memory 2147483648"));
+    }
+
+    #[test]
+    fn a_multibyte_character_after_a_dash_is_refused_not_a_panic() {
+        for input in ["-\u{433fc}e", "-é", "-eé=1"] {
+            let _ = DockerArgs::parse(input);
+        }
+        check(
+            "-é",
+            Err(
+                "docker args column 1: unsupported docker argument `-é`: expected -e, -v, --memory, --cpus or -u",
+            ),
+        );
     }
 
     #[test]
