@@ -1,5 +1,6 @@
 //! Hodei's adapters: implementations of the ports declared in
-//! `hodei-application` (template files, repositories, orchestrators).
+//! `hodei-application` (template files, repositories in memory and in
+//! SQLite, orchestrators).
 
 pub mod clock;
 pub mod docker;
@@ -10,6 +11,7 @@ pub mod memory_jobs;
 pub mod memory_templates;
 pub mod memory_workers;
 pub mod source;
+pub mod sqlite;
 pub mod template_file;
 
 pub use clock::SystemClock;
@@ -19,4 +21,5 @@ pub use ids::RandomIdGenerator;
 pub use memory_jobs::InMemoryJobRepository;
 pub use memory_templates::InMemoryWorkerTemplateRepository;
 pub use memory_workers::InMemoryWorkerRepository;
+pub use sqlite::SqliteStore;
 pub use template_file::{TemplateFileError, load_template_file, parse_templates};
