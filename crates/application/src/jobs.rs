@@ -1,5 +1,8 @@
 //! The [`JobRepository`] port: where jobs and their logs are kept.
 
+use std::fmt;
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use hodei_domain::{Job, JobId, JobStatusKind, Timestamp};
 
@@ -50,12 +53,58 @@ pub struct LogEntry {
     pub chunk: LogChunk,
 }
 
+/// What a queued job needs to run that its [`Job`] record does not hold.
+/// A store that survives restarts keeps it while the job is queued, so a
+/// restarted server can run the job ([`JobRepository::save_queued`]).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct QueuedSubmission {
+    /// The pipeline file's name, for error messages (`Jenkinsfile`).
+    pub file: String,
+    /// The branch being built.
+    pub branch: Option<String>,
+    /// The workspace source as an uncompressed tar archive; empty for none.
+    pub source: Arc<[u8]>,
+}
+
+impl fmt::Debug for QueuedSubmission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueuedSubmission")
+            .field("file", &self.file)
+            .field("branch", &self.branch)
+            .field("source_bytes", &self.source.len())
+            .finish()
+    }
+}
+
 /// Stores jobs and their logs. Used as `Arc<dyn JobRepository>`.
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait JobRepository: Send + Sync {
     /// Adds `job`, or replaces the job with the same id.
     async fn save(&self, job: Job) -> Result<(), JobRepositoryError>;
+
+    /// Adds a newly queued `job` with what it needs to run. A store that
+    /// survives restarts keeps `submission` until the job leaves `Queued`
+    /// ([`JobRepository::queued_submission`]); the default only saves the
+    /// job, for stores that forget everything on restart anyway.
+    async fn save_queued(
+        &self,
+        job: Job,
+        submission: QueuedSubmission,
+    ) -> Result<(), JobRepositoryError> {
+        let _ = submission;
+        self.save(job).await
+    }
+
+    /// What [`JobRepository::save_queued`] kept for a job that is still
+    /// queued; `None` when nothing was kept (or the job has left `Queued`).
+    async fn queued_submission(
+        &self,
+        id: &JobId,
+    ) -> Result<Option<QueuedSubmission>, JobRepositoryError> {
+        let _ = id;
+        Ok(None)
+    }
 
     /// The job with this id, if any.
     async fn find_by_id(&self, id: &JobId) -> Result<Option<Job>, JobRepositoryError>;

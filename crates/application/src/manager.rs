@@ -56,7 +56,7 @@ use crate::orchestrator::{OrchestratorError, ServerEndpoint, WorkerOrchestrator,
 use crate::provider::{ProvisionError, SegmentRequest, WorkerProvider};
 use crate::templates::WorkerTemplateRepository;
 use crate::worker_link::{Assignment, LinkError, WorkerGateway, WorkerLink};
-use crate::workers::WorkerRepository;
+use crate::workers::{WorkerRepository, WorkerRepositoryError};
 
 /// How the manager behaves. Build it with [`ManagerConfig::new`] and change
 /// the fields you need.
@@ -237,6 +237,51 @@ impl EphemeralWorkerManager {
             }
             self.inner.ports.clock.sleep(interval).await;
         }
+    }
+
+    /// Takes over from a previous run of the server with the same worker
+    /// repository: every ephemeral worker it recorded is deleted in the
+    /// backend (its segment ended with that server) and every record is
+    /// forgotten; static workers register again when they reconnect. A
+    /// deletion that fails is logged and published as
+    /// [`DomainEvent::WorkerDeleteFailed`]; the orphan collector, which
+    /// deletes backend workers this server does not know, tries again.
+    /// Call once at start, before workers can connect. Returns the
+    /// ephemeral workers deleted.
+    ///
+    /// # Errors
+    /// The repository's error when the records cannot be read.
+    pub async fn forget_previous_workers(&self) -> Result<Vec<WorkerId>, WorkerRepositoryError> {
+        let ports = &self.inner.ports;
+        let mut deleted = Vec::new();
+        for worker in ports.workers.list().await? {
+            let id = worker.id().clone();
+            if worker.is_ephemeral() {
+                tracing::info!(worker = %id, backend_id = ?worker.backend_id(), "deleting a worker of the previous server run");
+                match ports.orchestrator.delete_worker(&id).await {
+                    Ok(()) => {
+                        deleted.push(id.clone());
+                        self.inner
+                            .publish(DomainEvent::WorkerDestroyed {
+                                worker: id.clone(),
+                                reason: "the server restarted".to_owned(),
+                            })
+                            .await;
+                    }
+                    Err(e) => {
+                        tracing::error!(worker = %id, error = %e, "cannot delete a worker of the previous server run");
+                        self.inner
+                            .publish(DomainEvent::WorkerDeleteFailed {
+                                worker: id.clone(),
+                                error: e.to_string(),
+                            })
+                            .await;
+                    }
+                }
+            }
+            ports.workers.delete(&id).await?;
+        }
+        Ok(deleted)
     }
 
     /// Stops handing out workers (waiting segments get
@@ -2393,6 +2438,67 @@ mod tests {
             DomainEvent::WorkerDestroyed {
                 worker: WorkerId::new("w-old").unwrap(),
                 reason: "not known to this server (orphan)".into()
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_previous_runs_workers_are_deleted_and_forgotten() {
+        let mut ephemeral = Worker::ephemeral(
+            WorkerId::new("w-prev").unwrap(),
+            "prev",
+            TemplateId::new("go-build").unwrap(),
+            JobId::new("j-0").unwrap(),
+            "1",
+            Timestamp(0),
+        );
+        ephemeral.set_backend_id("4242".to_owned(), Timestamp(1));
+        let mut h = harness(Scenario {
+            idle_static: vec![ephemeral, static_worker("s-1", &["linux"])],
+            ..Scenario::default()
+        });
+        let deleted = h.manager.forget_previous_workers().await.unwrap();
+        assert_eq!(deleted, [WorkerId::new("w-prev").unwrap()]);
+        // Only the ephemeral worker has a backend object to delete.
+        assert_eq!(h.calls("delete"), ["delete w-prev"]);
+        assert_eq!(h.record("w-prev"), None);
+        assert_eq!(h.record("s-1"), None);
+        assert_eq!(
+            h.event("worker_destroyed").await,
+            DomainEvent::WorkerDestroyed {
+                worker: WorkerId::new("w-prev").unwrap(),
+                reason: "the server restarted".into()
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_previous_worker_that_cannot_be_deleted_is_published_and_forgotten() {
+        let mut h = harness(Scenario {
+            idle_static: vec![Worker::ephemeral(
+                WorkerId::new("w-prev").unwrap(),
+                "prev",
+                TemplateId::new("go-build").unwrap(),
+                JobId::new("j-0").unwrap(),
+                "1",
+                Timestamp(0),
+            )],
+            delete: || Err(OrchestratorError::Unavailable("engine down".into())),
+            ..Scenario::default()
+        });
+        assert!(
+            h.manager
+                .forget_previous_workers()
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(h.record("w-prev"), None);
+        assert_eq!(
+            h.event("worker_delete_failed").await,
+            DomainEvent::WorkerDeleteFailed {
+                worker: WorkerId::new("w-prev").unwrap(),
+                error: "worker backend unavailable: engine down".into()
             }
         );
     }

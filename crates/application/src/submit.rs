@@ -27,7 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hodei_domain::pipeline::{self, Diagnostic, PipelineError, PlanBody, PlanStage};
-use hodei_domain::{DomainEvent, Job, JobId, JobStatus, StageResult, Timestamp, WorkerId};
+use hodei_domain::{
+    DomainEvent, Job, JobId, JobStatus, JobStatusKind, StageResult, Timestamp, WorkerId,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::events::EventPublisher;
 use crate::id_generator::IdGenerator;
-use crate::jobs::{JobRepository, JobRepositoryError, LogChunk};
+use crate::jobs::{JobRepository, JobRepositoryError, LogChunk, QueuedSubmission};
 use crate::provider::{ProvisionError, WorkerProvider};
 use crate::runner::{
     JobContext, PipelineRunner, ProvisionPhase, RunEvent, RunOutput, RunRequest, RunStatus,
@@ -228,6 +230,15 @@ pub struct StageSummary {
     pub finished_at: Option<Timestamp>,
 }
 
+/// What [`CreateAndExecuteJob::recover`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Jobs ended `Failed`, oldest first within running and then queued.
+    pub failed: Vec<JobId>,
+    /// Queued jobs started again, oldest first.
+    pub requeued: Vec<JobId>,
+}
+
 /// Tuning of the use case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobsConfig {
@@ -349,13 +360,28 @@ impl CreateAndExecuteJob {
     /// # Errors
     /// [`JobsError::NotFound`] for an unknown job; [`JobsError::Store`].
     pub async fn watch(&self, job: &JobId, from: u64) -> Result<JobWatch, JobsError> {
-        let journal = self.inner.journal_or_rebuild(job).await?;
-        let changed = journal.changed.subscribe();
-        Ok(JobWatch {
-            journal,
-            next: from,
-            changed,
-        })
+        let live = lock(&self.inner.journals).by_job.get(job).cloned();
+        let source = match live {
+            Some(journal) => {
+                let changed = journal.changed.subscribe();
+                WatchSource::Live { journal, changed }
+            }
+            None => {
+                let stored = self
+                    .inner
+                    .ports
+                    .jobs
+                    .find_by_id(job)
+                    .await?
+                    .ok_or_else(|| JobsError::NotFound(job.clone()))?;
+                WatchSource::Stored(Box::new(StoredLog::new(
+                    self.inner.ports.jobs.clone(),
+                    stored,
+                    from,
+                )))
+            }
+        };
+        Ok(JobWatch { source, next: from })
     }
 
     /// The job's stages as far as they ran (empty for a job whose journal
@@ -418,6 +444,23 @@ impl CreateAndExecuteJob {
                     .ok_or_else(|| JobsError::NotFound(job.clone()))
             }
         }
+    }
+
+    /// Takes over what a previous run of the server left unfinished in
+    /// the repository. Call once at start, before taking submissions.
+    ///
+    /// - A job that was **running** ends `Failed` with `reason` (for
+    ///   example "server restarted"): its workers went with the old server
+    ///   and its steps cannot be resumed. Its log up to the restart stays.
+    /// - A job that was **queued** runs again, from the submission the
+    ///   repository kept ([`JobRepository::save_queued`]). One whose
+    ///   submission was not kept, or whose pipeline no longer parses, ends
+    ///   `Failed`.
+    ///
+    /// # Errors
+    /// [`JobsError::Store`].
+    pub async fn recover(&self, reason: &str) -> Result<Recovered, JobsError> {
+        Inner::recover(&self.inner, reason).await
     }
 
     /// Jobs started and not ended yet.
@@ -495,10 +538,37 @@ impl Inner {
         let job = Job::new(id.clone(), &name, build_number, submission.pipeline, now)
             .with_parameters(submission.parameters.clone())
             .with_environment(submission.environment.clone());
-        let cancel = CancellationToken::new();
-        let reason = Arc::new(Mutex::new(None));
+        let source: Arc<[u8]> = Arc::from(submission.source);
+        let queued = QueuedSubmission {
+            file,
+            branch: submission.branch,
+            source,
+        };
         // Registered before the job is stored, so a cancel that finds the
         // stored job always finds its token too.
+        let (cancel, reason) = self.register(&id);
+        if let Err(e) = self
+            .ports
+            .jobs
+            .save_queued(job.clone(), queued.clone())
+            .await
+        {
+            lock(&self.running).remove(&id);
+            return Err(e.into());
+        }
+        self.launch(job, pipeline, plan, queued, previous, cancel, reason)
+            .await;
+        Ok(Submitted {
+            job_id: id,
+            build_number,
+        })
+    }
+
+    /// Registers a job about to run, with its cancellation token and the
+    /// slot for a cancel's reason.
+    fn register(&self, id: &JobId) -> (CancellationToken, Arc<Mutex<Option<String>>>) {
+        let cancel = CancellationToken::new();
+        let reason = Arc::new(Mutex::new(None));
         lock(&self.running).insert(
             id.clone(),
             Running {
@@ -507,12 +577,26 @@ impl Inner {
                 task: None,
             },
         );
-        if let Err(e) = self.ports.jobs.save(job.clone()).await {
-            lock(&self.running).remove(&id);
-            return Err(e.into());
-        }
+        (cancel, reason)
+    }
+
+    /// Starts a stored, queued job registered with [`Inner::register`].
+    #[allow(clippy::too_many_arguments)]
+    async fn launch(
+        self: &Arc<Self>,
+        job: Job,
+        pipeline: pipeline::Pipeline,
+        plan: pipeline::Plan,
+        queued: QueuedSubmission,
+        previous: Option<pipeline::BuildResult>,
+        cancel: CancellationToken,
+        reason: Arc<Mutex<Option<String>>>,
+    ) {
+        let id = job.id().clone();
+        let name = job.name().to_owned();
+        let build_number = job.build_number();
         let journal = Arc::new(Journal::new());
-        journal.push(now, UpdateKind::Status(JobStatus::Queued));
+        journal.push(job.created_at(), UpdateKind::Status(JobStatus::Queued));
         lock(&self.journals)
             .by_job
             .insert(id.clone(), journal.clone());
@@ -526,19 +610,19 @@ impl Inner {
             })
             .await;
 
-        let mut parameters = submission.environment;
-        parameters.extend(submission.parameters);
+        let mut parameters = job.environment().clone();
+        parameters.extend(job.parameters().clone());
         let request = RunRequest {
             job: JobContext {
                 job_id: id.clone(),
                 job_name: name,
                 build_number,
-                branch: submission.branch,
+                branch: queued.branch,
                 parameters,
             },
             pipeline: Arc::new(pipeline),
             plan: Arc::new(plan),
-            source: Arc::from(submission.source),
+            source: queued.source,
             skip_checkout: false,
             previous_result: previous,
             secrets: Arc::new(BTreeMap::<String, String>::new()),
@@ -550,10 +634,74 @@ impl Inner {
         if let Some(running) = lock(&self.running).get_mut(&id) {
             running.task = Some(task);
         }
-        Ok(Submitted {
-            job_id: id,
-            build_number,
-        })
+    }
+
+    /// See [`CreateAndExecuteJob::recover`].
+    async fn recover(self: &Arc<Self>, reason: &str) -> Result<Recovered, JobsError> {
+        let mut recovered = Recovered::default();
+        let running = crate::jobs::JobFilter {
+            status: Some(JobStatusKind::Running),
+            ..Default::default()
+        };
+        for job in self.ports.jobs.list(&running).await? {
+            let id = job.id().clone();
+            self.fail_stored(job, reason.to_owned()).await?;
+            recovered.failed.push(id);
+        }
+        let queued = crate::jobs::JobFilter {
+            status: Some(JobStatusKind::Queued),
+            ..Default::default()
+        };
+        let mut waiting = self.ports.jobs.list(&queued).await?;
+        waiting.reverse();
+        for job in waiting {
+            let id = job.id().clone();
+            let Some(kept) = self.ports.jobs.queued_submission(&id).await? else {
+                let why = format!("{reason}; the job's submission was not kept");
+                self.fail_stored(job, why).await?;
+                recovered.failed.push(id);
+                continue;
+            };
+            let planned = pipeline::parse(&kept.file, job.pipeline())
+                .into_result()
+                .map_err(JobsError::from)
+                .and_then(|p| {
+                    pipeline::plan(&p)
+                        .map(|plan| (p, plan))
+                        .map_err(|d| invalid(&kept.file, d))
+                });
+            match planned {
+                Ok((pipeline, plan)) => {
+                    let previous = self.previous_result(job.name()).await;
+                    let (cancel, cancel_reason) = self.register(&id);
+                    self.launch(job, pipeline, plan, kept, previous, cancel, cancel_reason)
+                        .await;
+                    recovered.requeued.push(id);
+                }
+                Err(e) => {
+                    self.fail_stored(job, e.to_string()).await?;
+                    recovered.failed.push(id);
+                }
+            }
+        }
+        Ok(recovered)
+    }
+
+    /// Ends a stored job that no task runs as `Failed` with `reason`.
+    async fn fail_stored(&self, mut job: Job, reason: String) -> Result<(), JobsError> {
+        let status = JobStatus::Failed { reason };
+        if let Err(e) = job.finish(status.clone(), self.ports.clock.now()) {
+            tracing::error!(job = %job.id(), error = %e, "job record out of step");
+            return Ok(());
+        }
+        let id = job.id().clone();
+        self.ports.jobs.save(job).await?;
+        tracing::warn!(job = %id, %status, "job left unfinished by the previous server");
+        self.ports
+            .events
+            .publish(DomainEvent::JobFinished { job: id, status })
+            .await;
+        Ok(())
     }
 
     /// The result of the last build with this name, for `post { changed }`.
@@ -697,52 +845,6 @@ impl Inner {
             }
         }
     }
-
-    /// The job's journal; for a job whose journal is no longer kept, one
-    /// rebuilt from the repository (its stored logs and current status).
-    async fn journal_or_rebuild(&self, id: &JobId) -> Result<Arc<Journal>, JobsError> {
-        if let Some(journal) = lock(&self.journals).by_job.get(id).cloned() {
-            return Ok(journal);
-        }
-        let job = self
-            .ports
-            .jobs
-            .find_by_id(id)
-            .await?
-            .ok_or_else(|| JobsError::NotFound(id.clone()))?;
-        let journal = Journal::new();
-        journal.push(job.created_at(), UpdateKind::Status(JobStatus::Queued));
-        if let Some(started) = job.started_at() {
-            journal.push(started, UpdateKind::Status(JobStatus::Running));
-        }
-        let mut from = 0;
-        loop {
-            let page = self.ports.jobs.read_logs(id, from, 1024).await?;
-            let Some(last) = page.last() else { break };
-            from = last.seq + 1;
-            for mut entry in page {
-                if entry.chunk.data.last() == Some(&b'\n') {
-                    entry.chunk.data.pop();
-                }
-                journal.push(
-                    entry.chunk.at,
-                    UpdateKind::Log {
-                        stage: String::new(),
-                        path: Vec::new(),
-                        step_id: entry.chunk.step_id,
-                        stream: entry.chunk.stream,
-                        data: entry.chunk.data,
-                    },
-                );
-            }
-        }
-        if job.status().is_final() {
-            let at = job.finished_at().unwrap_or(job.created_at());
-            journal.push(at, UpdateKind::Status(job.status().clone()));
-            journal.close();
-        }
-        Ok(Arc::new(journal))
-    }
 }
 
 fn invalid(file: &str, diagnostics: Vec<Diagnostic>) -> JobsError {
@@ -873,10 +975,120 @@ impl Journal {
 }
 
 /// A watcher of one job: the journal from a position, then the live tail.
+///
+/// For a job whose journal is no longer in memory (it ended long ago, or
+/// before the server restarted) the journal is rebuilt from the repository
+/// as it is read: its status changes and its log, one page at a time, so
+/// watching a long log never holds more than a page of it.
 pub struct JobWatch {
-    journal: Arc<Journal>,
+    source: WatchSource,
     next: u64,
-    changed: watch::Receiver<u64>,
+}
+
+enum WatchSource {
+    Live {
+        journal: Arc<Journal>,
+        changed: watch::Receiver<u64>,
+    },
+    Stored(Box<StoredLog>),
+}
+
+/// Log entries read from the repository per page.
+const STORED_PAGE: usize = 1024;
+
+/// A stored job's journal: `Queued` (and `Running` if it started), its log
+/// entries, then its final status; numbered as the live journal would be.
+struct StoredLog {
+    jobs: Arc<dyn JobRepository>,
+    job: Job,
+    head: Vec<JobUpdate>,
+    page: VecDeque<JobUpdate>,
+    next_log: u64,
+    logs_done: bool,
+    end_sent: bool,
+}
+
+impl StoredLog {
+    fn new(jobs: Arc<dyn JobRepository>, job: Job, from: u64) -> Self {
+        let mut head = vec![JobUpdate {
+            seq: 0,
+            at: job.created_at(),
+            kind: UpdateKind::Status(JobStatus::Queued),
+        }];
+        if let Some(started) = job.started_at() {
+            head.push(JobUpdate {
+                seq: 1,
+                at: started,
+                kind: UpdateKind::Status(JobStatus::Running),
+            });
+        }
+        let next_log = from.saturating_sub(head.len() as u64);
+        StoredLog {
+            jobs,
+            job,
+            head,
+            page: VecDeque::new(),
+            next_log,
+            logs_done: false,
+            end_sent: false,
+        }
+    }
+
+    async fn next(&mut self, seq: u64) -> Option<JobUpdate> {
+        if let Some(update) = usize::try_from(seq).ok().and_then(|i| self.head.get(i)) {
+            return Some(update.clone());
+        }
+        let offset = self.head.len() as u64;
+        loop {
+            if let Some(update) = self.page.pop_front() {
+                return Some(update);
+            }
+            if self.logs_done {
+                break;
+            }
+            let page = match self
+                .jobs
+                .read_logs(self.job.id(), self.next_log, STORED_PAGE)
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::error!(job = %self.job.id(), error = %e, "cannot read the job's log");
+                    Vec::new()
+                }
+            };
+            let Some(last) = page.last() else {
+                self.logs_done = true;
+                continue;
+            };
+            self.next_log = last.seq + 1;
+            self.page.extend(page.into_iter().map(|mut entry| {
+                if entry.chunk.data.last() == Some(&b'\n') {
+                    entry.chunk.data.pop();
+                }
+                JobUpdate {
+                    seq: offset + entry.seq,
+                    at: entry.chunk.at,
+                    kind: UpdateKind::Log {
+                        stage: String::new(),
+                        path: Vec::new(),
+                        step_id: entry.chunk.step_id,
+                        stream: entry.chunk.stream,
+                        data: entry.chunk.data,
+                    },
+                }
+            }));
+        }
+        if self.end_sent || !self.job.status().is_final() {
+            return None;
+        }
+        self.end_sent = true;
+        Some(JobUpdate {
+            seq: offset + self.next_log,
+            at: self.job.finished_at().unwrap_or(self.job.created_at()),
+            kind: UpdateKind::Status(self.job.status().clone()),
+        })
+    }
 }
 
 impl fmt::Debug for JobWatch {
@@ -891,10 +1103,18 @@ impl JobWatch {
     /// The next update; `None` once the job has ended and every update was
     /// returned.
     pub async fn next(&mut self) -> Option<JobUpdate> {
+        let (journal, changed) = match &mut self.source {
+            WatchSource::Live { journal, changed } => (journal, changed),
+            WatchSource::Stored(stored) => {
+                let update = stored.next(self.next).await?;
+                self.next = update.seq + 1;
+                return Some(update);
+            }
+        };
         loop {
-            self.changed.borrow_and_update();
+            changed.borrow_and_update();
             {
-                let state = lock(&self.journal.state);
+                let state = lock(&journal.state);
                 if let Some(update) = usize::try_from(self.next)
                     .ok()
                     .and_then(|i| state.updates.get(i))
@@ -906,8 +1126,8 @@ impl JobWatch {
                     return None;
                 }
             }
-            if self.changed.changed().await.is_err() {
-                let state = lock(&self.journal.state);
+            if changed.changed().await.is_err() {
+                let state = lock(&journal.state);
                 let i = usize::try_from(self.next).ok()?;
                 let update = state.updates.get(i).cloned();
                 self.next += u64::from(update.is_some());

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hodei_application::events::EventPublisher;
+use hodei_application::jobs::JobRepository;
 use hodei_application::manager::{EphemeralWorkerManager, ManagerConfig, ManagerPorts};
 use hodei_application::orchestrator::{ServerEndpoint, WorkerHandle, WorkerOrchestrator};
 use hodei_application::submit::{CreateAndExecuteJob, JobPorts, JobsConfig};
@@ -47,7 +48,8 @@ use hodei_infrastructure::local::{
 };
 use hodei_infrastructure::{
     BroadcastEventPublisher, InMemoryJobRepository, InMemoryWorkerRepository,
-    InMemoryWorkerTemplateRepository, RandomIdGenerator, SystemClock, load_template_file,
+    InMemoryWorkerTemplateRepository, RandomIdGenerator, SqliteStore, SystemClock,
+    load_template_file,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -55,7 +57,7 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Backend, Settings};
+use crate::config::{Backend, Settings, StoreKind};
 use crate::grpc::{
     AdminServiceImpl, HubConfig, JobServiceImpl, RegisteringOrchestrator, StaticWorkers, WorkerHub,
 };
@@ -67,6 +69,8 @@ const ORPHAN_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the listeners get to close on shutdown.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Why a job that was running when the previous server stopped failed.
+pub const RESTART_REASON: &str = "server restarted";
 
 /// Starts Hodei servers. See the module documentation.
 #[derive(Debug)]
@@ -187,8 +191,20 @@ impl Server {
         }
         let templates: Arc<dyn WorkerTemplateRepository> =
             Arc::new(InMemoryWorkerTemplateRepository::from_templates(templates));
-        let job_store = Arc::new(InMemoryJobRepository::new());
-        let workers: Arc<dyn WorkerRepository> = Arc::new(InMemoryWorkerRepository::new());
+        let (job_store, workers): (Arc<dyn JobRepository>, Arc<dyn WorkerRepository>) =
+            match settings.store {
+                StoreKind::Sqlite => {
+                    let store = Arc::new(
+                        SqliteStore::open(settings.store_path())
+                            .context("store = \"sqlite\" (in data_dir)")?,
+                    );
+                    (store.clone(), store)
+                }
+                StoreKind::Memory => (
+                    Arc::new(InMemoryJobRepository::new()),
+                    Arc::new(InMemoryWorkerRepository::new()),
+                ),
+            };
         let metrics = Arc::new(Metrics::new());
         let broadcast = Arc::new(BroadcastEventPublisher::new(1024));
         let events: Arc<dyn EventPublisher> =
@@ -211,7 +227,6 @@ impl Server {
             },
         );
         let orchestrator = Arc::new(RegisteringOrchestrator::new(backend, hub.clone()));
-        sweep_orphans(orchestrator.as_ref(), workers.as_ref(), &server_id).await;
 
         let mut manager_config = ManagerConfig::new(
             server_id.clone(),
@@ -234,6 +249,19 @@ impl Server {
                 ids: ids.clone(),
             },
         );
+        // Restart recovery: the previous run's workers go, then whatever
+        // else the backend holds for this server id.
+        let gone = manager
+            .forget_previous_workers()
+            .await
+            .context("store: cannot read the workers of the previous run")?;
+        if !gone.is_empty() {
+            tracing::info!(
+                workers = gone.len(),
+                "deleted the workers of the previous run"
+            );
+        }
+        sweep_orphans(orchestrator.as_ref(), workers.as_ref(), &server_id).await;
         let jobs = CreateAndExecuteJob::new(
             JobsConfig {
                 job_timeout: Some(settings.job_timeout),
@@ -247,6 +275,18 @@ impl Server {
                 provider: Arc::new(manager.clone()),
             },
         );
+
+        let recovered = jobs
+            .recover(RESTART_REASON)
+            .await
+            .context("store: cannot recover the jobs of the previous run")?;
+        if recovered != Default::default() {
+            tracing::info!(
+                failed = recovered.failed.len(),
+                requeued = recovered.requeued.len(),
+                "recovered the jobs of the previous run"
+            );
+        }
 
         let stop = CancellationToken::new();
         let grpc_serving = Arc::new(AtomicBool::new(false));

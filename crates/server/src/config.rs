@@ -6,6 +6,7 @@
 //! http_addr = "127.0.0.1:9091"      # HODEI_HTTP_ADDR (/healthz, /readyz, /metrics)
 //! data_dir = "/var/lib/hodei"       # HODEI_DATA_DIR
 //! backend = "local"                 # HODEI_BACKEND: local | docker | kubernetes
+//! store = "sqlite"                  # HODEI_STORE: sqlite (data_dir/hodei.db) | memory
 //! templates = "templates.yaml"      # HODEI_TEMPLATES
 //! max_workers = 32                  # HODEI_MAX_WORKERS
 //! provisioning_timeout = "60s"      # HODEI_PROVISIONING_TIMEOUT
@@ -22,6 +23,13 @@
 //! ```
 //!
 //! A bad value is an error naming the key (and, for the file, its line).
+//!
+//! With `store = "sqlite"` (the default) jobs, their logs and worker records
+//! live in `data_dir/hodei.db` and survive a restart; one server at a time
+//! may use a data directory. `store = "memory"` keeps nothing after the
+//! server stops. `hodei run` without `--server` always uses memory in a
+//! temporary data directory, so it never competes with a server for the
+//! file.
 //!
 //! Static workers are started by hand and take any matching job, one after
 //! another; they register with `static_worker_token` as their token:
@@ -75,6 +83,38 @@ impl fmt::Display for Backend {
             Backend::Local => "local",
             Backend::Docker => "docker",
             Backend::Kubernetes => "kubernetes",
+        })
+    }
+}
+
+/// Where jobs, logs and worker records are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// A SQLite file in the data directory ([`Settings::store_path`]):
+    /// survives restarts.
+    Sqlite,
+    /// Memory: nothing survives the server.
+    Memory,
+}
+
+impl FromStr for StoreKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sqlite" => Ok(StoreKind::Sqlite),
+            "memory" => Ok(StoreKind::Memory),
+            _ => Err("expected one of sqlite, memory".to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Memory => "memory",
         })
     }
 }
@@ -164,6 +204,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Where workers are created.
     pub backend: Backend,
+    /// Where jobs, logs and worker records are kept.
+    pub store: StoreKind,
     /// A YAML file of worker templates (`templates:` list).
     pub templates: Option<PathBuf>,
     /// This server's id, put on every backend object it creates so a
@@ -215,6 +257,7 @@ impl Default for Settings {
             advertise_host: None,
             data_dir: default_data_dir(),
             backend: Backend::Local,
+            store: StoreKind::Sqlite,
             templates: None,
             server_id: None,
             max_workers: 32,
@@ -335,6 +378,9 @@ impl Settings {
         if let Some(v) = get(&lookup, "HODEI_BACKEND", Backend::from_str)? {
             self.backend = v;
         }
+        if let Some(v) = get(&lookup, "HODEI_STORE", StoreKind::from_str)? {
+            self.store = v;
+        }
         if let Some(v) = get(&lookup, "HODEI_TEMPLATES", path)? {
             self.templates = Some(v);
         }
@@ -377,6 +423,12 @@ impl Settings {
             self.static_worker_token = Some(v);
         }
         Ok(())
+    }
+
+    /// The SQLite file of `store = "sqlite"`: `hodei.db` in the data
+    /// directory.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("hodei.db")
     }
 
     /// The host workers dial.
@@ -459,14 +511,17 @@ mod tests {
         assert_eq!(s.provisioning_timeout, Duration::from_secs(60));
         assert_eq!(s.job_timeout, Duration::from_secs(6 * 3600));
         assert_eq!(s.max_source_bytes, 64 * 1024 * 1024);
+        assert_eq!(s.store, StoreKind::Sqlite);
+        assert_eq!(s.store_path(), s.data_dir.join("hodei.db"));
     }
 
     #[test]
     fn file_values_are_read() {
         let s = Settings::from_toml(
-            "backend = \"docker\"\nmax_workers = 4\nprovisioning_timeout = \"2m\"\nmax_source_bytes = \"1Gi\"\ntemplates = \"t.yaml\"\n",
+            "backend = \"docker\"\nmax_workers = 4\nprovisioning_timeout = \"2m\"\nmax_source_bytes = \"1Gi\"\ntemplates = \"t.yaml\"\nstore = \"memory\"\n",
         )
         .unwrap();
+        assert_eq!(s.store, StoreKind::Memory);
         assert_eq!(s.backend, Backend::Docker);
         assert_eq!(s.max_workers, 4);
         assert_eq!(s.provisioning_timeout, Duration::from_secs(120));
@@ -485,6 +540,7 @@ mod tests {
         };
         check("max_workers = 1\nbackend = \"podman\"\n", "line 2");
         check("backend = \"podman\"\n", "unknown variant `podman`");
+        check("store = \"postgres\"\n", "unknown variant `postgres`");
         check("bakend = \"local\"\n", "unknown field `bakend`");
         check(
             "provisioning_timeout = \"soon\"\n",
@@ -532,6 +588,7 @@ mod tests {
             ("HODEI_DATA_DIR", "/tmp/h"),
             ("HODEI_TEMPLATES", "/etc/hodei/t.yaml"),
             ("HODEI_WORKER_ARGS", "worker  --verbose"),
+            ("HODEI_STORE", "memory"),
         ]))
         .unwrap();
         assert_eq!(s.backend, Backend::Local);
@@ -540,6 +597,8 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("/tmp/h"));
         assert_eq!(s.worker_facing_host(), "127.0.0.1");
         assert_eq!(s.worker_args, ["worker", "--verbose"]);
+        assert_eq!(s.store, StoreKind::Memory);
+        assert_eq!(s.store_path(), PathBuf::from("/tmp/h/hodei.db"));
     }
 
     #[test]
@@ -558,6 +617,7 @@ mod tests {
             "expected one of local, docker, kubernetes",
         );
         check("HODEI_MAX_WORKERS", "0", "expected a positive integer");
+        check("HODEI_STORE", "files", "expected one of sqlite, memory");
         check("HODEI_GRPC_ADDR", "localhost", "expected an address");
         check("HODEI_PROVISIONING_TIMEOUT", "0s", "above zero");
         check("HODEI_JOB_TIMEOUT", "forever", "expected a duration");

@@ -139,6 +139,14 @@ fn setup_with(
         Ok(())
     });
     let s = seen.clone();
+    repo.expect_save_queued().returning(move |job, _| {
+        if save_fails {
+            return Err(JobRepositoryError::Backend("disk full".into()));
+        }
+        lock(&s.saved).push(job);
+        Ok(())
+    });
+    let s = seen.clone();
     repo.expect_find_by_id()
         .returning(move |id| Ok(lock(&s.saved).iter().rev().find(|j| j.id() == id).cloned()));
     repo.expect_list().returning(|_| Ok(Vec::new()));
@@ -511,6 +519,120 @@ async fn an_evicted_journal_is_rebuilt_from_the_repository() {
         lines(&rebuilt).contains(&"out: echo hi".to_owned()),
         "{rebuilt:#?}"
     );
+    let seqs: Vec<u64> = rebuilt.iter().map(|u| u.seq).collect();
+    assert_eq!(seqs, (0..rebuilt.len() as u64).collect::<Vec<_>>());
+    // From any position, as the live journal would be.
+    let mut watch = setup
+        .jobs
+        .watch(&JobId::new("job-1").unwrap(), 3)
+        .await
+        .unwrap();
+    let mut tail = Vec::new();
+    while let Some(update) = watch.next().await {
+        tail.push(update);
+    }
+    assert_eq!(tail, rebuilt[3..]);
+}
+
+#[tokio::test]
+async fn recover_fails_running_jobs_and_runs_queued_ones_again() {
+    let pipeline = submission("sh 'again'").pipeline;
+    let stored =
+        |id: &str, at: u64| Job::new(JobId::new(id).unwrap(), "demo", 1, &pipeline, Timestamp(at));
+    let mut running = stored("r-1", 1);
+    running.start(Timestamp(2)).unwrap();
+    let queued = [stored("q-2", 4), stored("q-1", 3)];
+
+    let seen = Arc::new(Seen::default());
+    let mut repo = MockJobRepository::new();
+    repo.expect_list().returning(move |filter| {
+        Ok(match filter.status {
+            Some(JobStatusKind::Running) => vec![running.clone()],
+            Some(JobStatusKind::Queued) => queued.to_vec(),
+            _ => Vec::new(),
+        })
+    });
+    repo.expect_queued_submission().returning(|id| {
+        Ok((id.as_str() == "q-1").then(|| QueuedSubmission {
+            file: "Jenkinsfile".into(),
+            branch: Some("main".into()),
+            source: Arc::from(&b""[..]),
+        }))
+    });
+    let s = seen.clone();
+    repo.expect_save().returning(move |job| {
+        lock(&s.saved).push(job);
+        Ok(())
+    });
+    let s = seen.clone();
+    repo.expect_find_by_id()
+        .returning(move |id| Ok(lock(&s.saved).iter().rev().find(|j| j.id() == id).cloned()));
+    repo.expect_append_log().returning(|_, _| Ok(0));
+    let mut events = MockEventPublisher::new();
+    let s = seen.clone();
+    events
+        .expect_publish()
+        .returning(move |event| lock(&s.events).push(event));
+    let mut provider = MockProvider::new();
+    let link: Arc<dyn WorkerLink> = Arc::new(FakeLink {
+        id: WorkerId::new("w-1").unwrap(),
+        cancelled: Notify::new(),
+    });
+    provider
+        .expect_acquire()
+        .returning(move |_| Ok(link.clone()));
+    provider.expect_release().returning(|_, _| ());
+    let jobs = CreateAndExecuteJob::new(
+        JobsConfig::default(),
+        JobPorts {
+            jobs: Arc::new(repo),
+            events: Arc::new(events),
+            clock: Arc::new(TokioClock(tokio::time::Instant::now())),
+            ids: Arc::new(MockIdGenerator::new()),
+            provider: Arc::new(provider),
+        },
+    );
+
+    let recovered = jobs.recover("server restarted").await.unwrap();
+    let ids = |list: &[JobId]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert_eq!(ids(&recovered.failed), ["r-1", "q-2"]);
+    assert_eq!(ids(&recovered.requeued), ["q-1"]);
+
+    let q1 = JobId::new("q-1").unwrap();
+    assert_eq!(jobs.wait(&q1).await.unwrap(), JobStatus::Succeeded);
+    let mut watch = jobs.watch(&q1, 0).await.unwrap();
+    let mut updates = Vec::new();
+    while let Some(update) = watch.next().await {
+        updates.push(update);
+    }
+    assert!(
+        lines(&updates).contains(&"out: again".to_owned()),
+        "{updates:#?}"
+    );
+
+    let last_status = |id: &str| {
+        lock(&seen.saved)
+            .iter()
+            .rev()
+            .find(|j| j.id().as_str() == id)
+            .map(|j| j.status().clone())
+    };
+    assert_eq!(
+        last_status("r-1"),
+        Some(JobStatus::Failed {
+            reason: "server restarted".into()
+        })
+    );
+    assert_eq!(
+        last_status("q-2"),
+        Some(JobStatus::Failed {
+            reason: "server restarted; the job's submission was not kept".into()
+        })
+    );
+    assert!(lock(&seen.events).iter().any(|e| matches!(
+        e,
+        DomainEvent::JobFinished { job, status: JobStatus::Failed { .. } } if job.as_str() == "r-1"
+    )));
 }
 
 #[tokio::test]

@@ -50,7 +50,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hodei_application::jobs::{JobFilter, JobRepository, JobRepositoryError, LogChunk, LogEntry};
+use hodei_application::jobs::{
+    JobFilter, JobRepository, JobRepositoryError, LogChunk, LogEntry, QueuedSubmission,
+};
 use hodei_application::worker_link::LogStream;
 use hodei_application::workers::{WorkerRepository, WorkerRepositoryError};
 use hodei_domain::{Job, JobId, JobStatus, Timestamp, Worker, WorkerId};
@@ -163,6 +165,7 @@ struct Command {
 
 enum Op {
     SaveJob(Box<Job>),
+    SaveQueued(Box<Job>, QueuedSubmission),
     NextBuildNumber(String),
     AppendLog(JobId, LogChunk),
     SaveWorker(Box<Worker>),
@@ -453,6 +456,24 @@ impl Writer {
     fn op(&mut self, op: Op) -> Result<u64, OpError> {
         match op {
             Op::SaveJob(job) => self.save_job(&job).map(|()| 0),
+            Op::SaveQueued(job, submission) => {
+                self.save_job(&job)?;
+                self.conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO job_submissions (job_id, file, branch, source) \
+                         VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .and_then(|mut stmt| {
+                        stmt.execute(params![
+                            job.id().as_str(),
+                            submission.file,
+                            submission.branch,
+                            &submission.source[..]
+                        ])
+                    })
+                    .map(|_| 0)
+                    .map_err(|e| OpError::Store(self.sqlite(e)))
+            }
             Op::NextBuildNumber(name) => self
                 .next_build_number(&name)
                 .map_err(|e| OpError::Store(self.sqlite(e))),
@@ -523,6 +544,11 @@ impl Writer {
                      ON CONFLICT (name) DO UPDATE SET last = max(last, ?2)",
                 )?
                 .execute(params![job.name(), int(job.build_number())])?;
+            if kind != "queued" {
+                self.conn
+                    .prepare_cached("DELETE FROM job_submissions WHERE job_id = ?1")?
+                    .execute([id])?;
+            }
             Ok(())
         })();
         result.map_err(|e| OpError::Store(self.sqlite(e)))?;
@@ -679,6 +705,39 @@ impl JobRepository for SqliteStore {
             .await
             .map(|_| ())
             .map_err(job_error)
+    }
+
+    async fn save_queued(
+        &self,
+        job: Job,
+        submission: QueuedSubmission,
+    ) -> Result<(), JobRepositoryError> {
+        self.write(Op::SaveQueued(Box::new(job), submission))
+            .await
+            .map(|_| ())
+            .map_err(job_error)
+    }
+
+    async fn queued_submission(
+        &self,
+        id: &JobId,
+    ) -> Result<Option<QueuedSubmission>, JobRepositoryError> {
+        let key = id.to_string();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT file, branch, source FROM job_submissions WHERE job_id = ?1",
+            )?
+            .query_row([&key], |row| {
+                Ok(QueuedSubmission {
+                    file: row.get(0)?,
+                    branch: row.get(1)?,
+                    source: Arc::from(row.get::<_, Vec<u8>>(2)?),
+                })
+            })
+            .optional()
+        })
+        .await
+        .map_err(|e| JobRepositoryError::Backend(Box::new(e)))
     }
 
     async fn find_by_id(&self, id: &JobId) -> Result<Option<Job>, JobRepositoryError> {

@@ -56,6 +56,15 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX workers_by_created ON workers (created_at, id);
     ",
+    // 2: what a queued job needs to run again after a restart.
+    "
+    CREATE TABLE job_submissions (
+        job_id  TEXT PRIMARY KEY NOT NULL,
+        file    TEXT NOT NULL,
+        branch  TEXT,
+        source  BLOB NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build writes.

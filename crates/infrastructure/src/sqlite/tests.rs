@@ -321,6 +321,64 @@ async fn everything_survives_reopening() {
 }
 
 #[tokio::test]
+async fn a_queued_job_keeps_its_submission_until_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = job("q", "build", 1);
+    let submission = QueuedSubmission {
+        file: "ci/Jenkinsfile".into(),
+        branch: Some("main".into()),
+        source: Arc::from(&b"tar bytes"[..]),
+    };
+    {
+        let store = open(&dir);
+        store
+            .save_queued(j.clone(), submission.clone())
+            .await
+            .unwrap();
+    }
+    let store = open(&dir);
+    assert_eq!(
+        JobRepository::find_by_id(&store, j.id()).await.unwrap(),
+        Some(j.clone())
+    );
+    assert_eq!(
+        store.queued_submission(j.id()).await.unwrap(),
+        Some(submission)
+    );
+    j.start(Timestamp(2)).unwrap();
+    JobRepository::save(&store, j.clone()).await.unwrap();
+    assert_eq!(store.queued_submission(j.id()).await.unwrap(), None);
+}
+
+#[test]
+fn a_file_of_an_older_version_is_migrated_and_keeps_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO workers (id, created_at, idle_static, backend_id, record) \
+             VALUES ('w', 1, 0, NULL, '{}')",
+            [],
+        )
+        .unwrap();
+    }
+    let mut conn = Connection::open(&path).unwrap();
+    assert_eq!(schema::migrate(&mut conn).unwrap(), 1);
+    assert_eq!(schema::version(&conn).unwrap(), schema::latest_version());
+    let kept: i64 = conn
+        .query_row("SELECT count(*) FROM workers", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(kept, 1);
+    let submissions: i64 = conn
+        .query_row("SELECT count(*) FROM job_submissions", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(submissions, 0);
+}
+
+#[tokio::test]
 async fn a_new_file_gets_the_latest_schema_and_reopening_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hodei.db");
@@ -354,12 +412,13 @@ fn migrations_apply_in_order_from_any_version() {
     let tables: i64 = conn
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' \
-             AND name IN ('jobs', 'job_logs', 'job_status_history', 'build_numbers', 'workers')",
+             AND name IN ('jobs', 'job_logs', 'job_status_history', 'build_numbers', 'workers', \
+             'job_submissions')",
             [],
             |row| row.get(0),
         )
         .unwrap();
-    assert_eq!(tables, 5);
+    assert_eq!(tables, 6);
 }
 
 #[test]

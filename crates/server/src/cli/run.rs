@@ -21,7 +21,7 @@ use hodei_proto::v1::{
     submit_request::Part,
 };
 use hodei_server::app::{Server, ServerHandle};
-use hodei_server::config::{Backend, Settings};
+use hodei_server::config::{Backend, Settings, StoreKind};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_stream::StreamExt;
 
@@ -197,6 +197,9 @@ impl Embedded {
         settings.http_addr = ([127, 0, 0, 1], 0).into();
         settings.advertise_host = None;
         settings.data_dir = data.path().to_owned();
+        // One run's jobs need not outlive it, and a server may hold the
+        // configured data directory's store.
+        settings.store = StoreKind::Memory;
         if settings.worker_binary.is_none() && settings.backend == Backend::Local {
             super::server::use_own_worker(&mut settings)?;
         }
