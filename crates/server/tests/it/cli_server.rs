@@ -1,10 +1,14 @@
 //! `hodei server` as a real process on port 0, driven by `hodei run
 //! --server`, `hodei jobs` and `hodei workers`; stopped by a signal, after
-//! which no worker process remains.
+//! which no worker process remains; killed mid-job and started again on
+//! the same data directory.
 
 use std::process::{Child, Command};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
+
+use hodei_application::orchestrator::WorkerHandle;
+use hodei_domain::WorkerId;
 
 use super::cli_run::{
     assert_no_process_left, drain, hodei, signal, spawn_lines, tag, tagged_processes, wait_for_line,
@@ -16,19 +20,25 @@ struct ServerProcess {
     url: String,
     tag: String,
     _lines: mpsc::Receiver<(bool, String)>,
-    _data: tempfile::TempDir,
+    _data: Arc<tempfile::TempDir>,
 }
 
 impl ServerProcess {
     fn start() -> ServerProcess {
+        ServerProcess::start_in(Arc::new(tempfile::tempdir().unwrap()), &[])
+    }
+
+    /// A server on `data` (shared with a later server), with extra
+    /// environment.
+    fn start_in(data: Arc<tempfile::TempDir>, env: &[(&str, &str)]) -> ServerProcess {
         let tag = tag();
-        let data = tempfile::tempdir().unwrap();
         let mut command = hodei(&tag);
         command
             .arg("server")
             .env("HODEI_GRPC_ADDR", "127.0.0.1:0")
             .env("HODEI_HTTP_ADDR", "127.0.0.1:0")
-            .env("HODEI_DATA_DIR", data.path());
+            .env("HODEI_DATA_DIR", data.path())
+            .envs(env.iter().copied());
         let (child, lines) = spawn_lines(command);
         let mut seen = Vec::new();
         wait_for_line(&lines, "listening", &mut seen);
@@ -299,4 +309,89 @@ fn hodei_worker_takes_the_worker_flags_and_is_refused_without_a_token() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("refused by the server"), "{stderr}");
     server.stop("TERM");
+}
+
+/// The parent pid of `pid`, from `/proc/<pid>/stat` (field 4).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The `WORKER_ID` in the environment of `pid`.
+fn worker_id_of(pid: u32) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ.split(|&b| b == 0).find_map(|var| {
+        var.strip_prefix(b"WORKER_ID=")
+            .map(|id| String::from_utf8_lossy(id).into_owned())
+    })
+}
+
+/// The documented restart behaviour: a job running when the server is
+/// killed keeps its log up to the kill and ends failed with "server
+/// restarted"; whatever of its worker outlived the server (the worker, or
+/// the step it started in its own process group) is killed when the server
+/// starts again, found by the worker id the store recorded.
+#[test]
+fn a_server_killed_with_sigkill_mid_job_fails_the_job_and_leaves_no_worker() {
+    let data = Arc::new(tempfile::tempdir().unwrap());
+    // Workers would give up on a lost server only after 10 minutes: what
+    // removes this one is the restarted server.
+    let env = [("HODEI_WORKER_LOST_AFTER", "600s")];
+    let first = ServerProcess::start_in(data.clone(), &env);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("Jenkinsfile");
+    std::fs::write(
+        &file,
+        "pipeline { agent any\n stages { stage('Wait') { steps { sh 'echo before the crash; sleep 600; echo never printed' } } } }\n",
+    )
+    .unwrap();
+    let mut command = hodei(&first.tag);
+    command.args(["run", &file.display().to_string(), "--server", &first.url]);
+    let (mut run, lines) = spawn_lines(command);
+    let mut seen = Vec::new();
+    wait_for_line(&lines, "before the crash", &mut seen);
+    let (_, list, _) = first.client(&["jobs", "list", "--status", "running"]);
+    let job = id_of_row(&list, "running");
+
+    // The worker: the server's child that carries a WORKER_ID.
+    let server_pid = first.child.id();
+    let worker_pid = tagged_processes(&first.tag)
+        .into_iter()
+        .find(|&pid| parent_of(pid) == Some(server_pid) && worker_id_of(pid).is_some())
+        .expect("the job's worker process");
+    let worker = WorkerHandle {
+        worker_id: WorkerId::new(worker_id_of(worker_pid).unwrap()).unwrap(),
+        backend_id: worker_pid.to_string(),
+    };
+
+    let mut first = first;
+    signal(server_pid, "KILL");
+    let _ = first.child.wait();
+    let _ = run.kill();
+    let _ = run.wait();
+
+    let second = ServerProcess::start_in(data.clone(), &env);
+    // Recovery is done before the server listens: nothing of the job is left.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = super::support::live_worker_processes(std::slice::from_ref(&worker));
+        if left.is_empty() && tagged_processes(&first.tag).is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left behind: {left:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let (code, show, stderr) = second.client(&["jobs", "show", &job]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(show.contains("status:    failure"), "{show}");
+    assert!(show.contains("message:   server restarted"), "{show}");
+    let (code, logs, _) = second.client(&["jobs", "logs", &job]);
+    assert_eq!(code, 0);
+    assert!(logs.ends_with("before the crash\n"), "{logs}");
+    assert!(!logs.contains("never printed"), "{logs}");
+    let (_, workers, _) = second.client(&["workers", "list"]);
+    assert_eq!(workers, "no workers\n");
+    second.stop("TERM");
 }

@@ -5,6 +5,7 @@ mod cli_server;
 mod docker;
 mod e2e;
 mod pipeline;
+mod restart;
 mod static_workers;
 mod support;
 mod templates;

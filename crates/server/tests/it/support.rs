@@ -132,6 +132,15 @@ pub async fn start() -> TestServer {
 }
 
 impl TestServer {
+    /// A test server around a server started by the test itself, on
+    /// `data`.
+    pub fn adopt(handle: ServerHandle, data: tempfile::TempDir) -> TestServer {
+        TestServer {
+            handle,
+            _data: data,
+        }
+    }
+
     /// A connected `JobService` client.
     pub async fn jobs(&self) -> JobServiceClient<Channel> {
         JobServiceClient::new(self.channel().await)
