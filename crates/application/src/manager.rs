@@ -8,8 +8,11 @@
 //! 2. Otherwise the best template ([`select`]): by label expression; for
 //!    `template 'id'` exactly that template; for `docker 'image'` a template
 //!    that runs that image, or on the `docker` backend a template made for
-//!    the image (no capabilities, limits only from the agent's `args`); for `kubernetes { inheritFrom 'id' }` that
-//!    template. No template: [`ProvisionError::NoMatch`] listing every
+//!    the image (no capabilities, limits only from the agent's `args`); for
+//!    `kubernetes { inheritFrom 'id' }` that template, and with a pod
+//!    `yaml` (kubernetes backend only; others refuse it) that template or,
+//!    without `inheritFrom`, the one `agent any` would get, the yaml
+//!    travelling in [`WorkerSpec::pod_yaml`] to be merged by the backend. No template: [`ProvisionError::NoMatch`] listing every
 //!    template with its reason (unless a busy static worker could take the
 //!    segment later; then the segment waits for it).
 //! 3. Wait (never fail) for a slot under the template's
@@ -415,18 +418,27 @@ impl Inner {
                     ))),
                 })
             }
-            AgentKind::Kubernetes { yaml, inherit_from } => Need::Template(match (yaml, inherit_from) {
-                (Some(_), _) => Err(no_match(
-                    "a kubernetes agent's pod yaml is not supported; name a worker template with inheritFrom instead".to_owned(),
-                )),
-                (None, None) => Err(no_match(
-                    "a kubernetes agent needs inheritFrom naming a worker template".to_owned(),
-                )),
-                (None, Some(name)) => match TemplateId::new(name.as_str()) {
-                    Ok(id) => self.template_by_id(agent, &id).await,
-                    Err(e) => Err(no_match(format!("inheritFrom: {e}"))),
-                },
-            }),
+            AgentKind::Kubernetes { yaml, inherit_from } => {
+                let backend = self.ports.orchestrator.backend();
+                if yaml.is_some() && backend != "kubernetes" {
+                    return Need::Template(Err(no_match(format!(
+                        "a kubernetes agent's pod yaml needs the kubernetes backend (this server \
+                         runs the {backend} backend); name a worker template with inheritFrom alone instead"
+                    ))));
+                }
+                Need::Template(match inherit_from {
+                    Some(name) => match TemplateId::new(name.as_str()) {
+                        Ok(id) => self.template_by_id(agent, &id).await,
+                        Err(e) => Err(no_match(format!("inheritFrom: {e}"))),
+                    },
+                    None if yaml.is_some() => {
+                        self.best_template(agent, &WorkerRequirements::new()).await
+                    }
+                    None => Err(no_match(
+                        "a kubernetes agent needs inheritFrom naming a worker template".to_owned(),
+                    )),
+                })
+            }
         }
     }
 
@@ -744,6 +756,7 @@ impl Inner {
             extra_labels: Default::default(),
             extra_env: Default::default(),
             docker_args: docker_args(&request.segment.agent.kind),
+            pod_yaml: pod_yaml(&request.segment.agent.kind),
         };
         match self.ports.orchestrator.create_worker(spec).await {
             Ok(handle) => {
@@ -827,7 +840,7 @@ impl Inner {
     /// early death, for at most the provisioning deadline.
     async fn wait_connected(&self, id: &WorkerId) -> Result<Arc<dyn WorkerLink>, ProvisionFailure> {
         let deadline = self.config.provisioning_deadline;
-        tokio::select! {
+        let outcome = tokio::select! {
             biased;
             connected = self.ports.gateway.wait_connected(id, deadline) => match connected {
                 Ok(link) => Ok(link),
@@ -836,6 +849,18 @@ impl Inner {
             },
             reason = self.watch_backend(id) => Err(ProvisionFailure::Failed(reason)),
             () = self.ports.clock.sleep(deadline) => Err(ProvisionFailure::Deadline),
+        };
+        match outcome {
+            // At the deadline the backend may know why (a pod unschedulable
+            // all this time): its reason says more than the deadline.
+            Err(ProvisionFailure::Deadline) => match self.ports.orchestrator.worker_state(id).await
+            {
+                Ok(state) => Err(state
+                    .failure_reason()
+                    .map_or(ProvisionFailure::Deadline, ProvisionFailure::Failed)),
+                Err(_) => Err(ProvisionFailure::Deadline),
+            },
+            other => other,
         }
     }
 
@@ -1117,6 +1142,16 @@ fn image_template(image: &str, max_workers: usize) -> Result<WorkerTemplate, Str
         .and_then(|t| t.with_max_concurrent_jobs(cap))
         .map(|t| t.with_description(format!("docker agent running {image}")))
         .map_err(|e| e.to_string())
+}
+
+/// The pod manifest of a `kubernetes { yaml '...' }` agent.
+fn pod_yaml(agent: &AgentKind) -> Option<String> {
+    match agent {
+        AgentKind::Kubernetes {
+            yaml: Some(yaml), ..
+        } => Some(yaml.clone()),
+        _ => None,
+    }
 }
 
 /// The parsed `args` of a `docker` agent (checked by `need` already).
@@ -1456,6 +1491,9 @@ mod tests {
                     spec.template.max_concurrent_jobs()
                 ),
             );
+            if let Some(yaml) = &spec.pod_yaml {
+                note(&l, format!("yaml {} {yaml}", spec.worker_id));
+            }
             create(&spec)
         });
         let (l, delete) = (log.clone(), s.delete);
@@ -1722,6 +1760,31 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_kubernetes_backend_takes_a_pod_yaml() {
+        let h = harness(Scenario {
+            backend_name: "kubernetes",
+            ..Scenario::default()
+        });
+        let kubernetes = |yaml: Option<&str>, from: Option<&str>| AgentKind::Kubernetes {
+            yaml: yaml.map(Into::into),
+            inherit_from: from.map(Into::into),
+        };
+        for (agent, template) in [
+            (kubernetes(Some("spec: {}"), Some("node-npm")), "node-npm"),
+            // Without inheritFrom: the template `agent any` would get.
+            (kubernetes(Some("spec: {}"), None), "go-build"),
+            (kubernetes(None, Some("python-pip")), "python-pip"),
+        ] {
+            assert_eq!(h.manager.check(&agent).await, Ok(()));
+            let link = h.manager.acquire(request("j-1", agent)).await.unwrap();
+            let created = h.calls("create");
+            assert_eq!(created.last().unwrap().split(' ').nth(2), Some(template));
+            h.manager.release(link.worker_id(), "done").await;
+        }
+        assert_eq!(h.calls("yaml"), ["yaml w-1 spec: {}", "yaml w-2 spec: {}"]);
+    }
+
     #[test]
     fn image_templates_have_valid_ids() {
         fn check(image: &str, expected: &str) {
@@ -1803,8 +1866,9 @@ mod tests {
                 inherit_from: None,
             },
             Err(
-                "no worker template matches kubernetes pod: a kubernetes agent's pod yaml is \
-                 not supported; name a worker template with inheritFrom instead",
+                "no worker template matches kubernetes pod: a kubernetes agent's pod yaml needs \
+                 the kubernetes backend (this server runs the fake backend); name a worker \
+                 template with inheritFrom alone instead",
             ),
         )
         .await;

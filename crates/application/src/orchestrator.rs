@@ -114,6 +114,10 @@ pub struct WorkerSpec {
     /// apply them (environment, volumes, memory, cpus, user); others ignore
     /// them.
     pub docker_args: Option<DockerArgs>,
+    /// The pod manifest of a `kubernetes { yaml '...' }` agent: backends
+    /// that run pods merge it into the template's pod; the manager gives
+    /// it to no other backend.
+    pub pod_yaml: Option<String>,
 }
 
 impl WorkerSpec {
@@ -341,6 +345,7 @@ mod tests {
             extra_labels: [("team".to_owned(), "ci".to_owned())].into(),
             extra_env: [("EXTRA".to_owned(), "1".to_owned())].into(),
             docker_args: None,
+            pod_yaml: None,
         }
     }
 

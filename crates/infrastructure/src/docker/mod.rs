@@ -668,6 +668,7 @@ mod tests {
             extra_labels: BTreeMap::new(),
             extra_env: BTreeMap::new(),
             docker_args: args.map(|a| DockerArgs::parse(a).unwrap()),
+            pod_yaml: None,
         }
     }
 

@@ -155,6 +155,7 @@ fn spec(server_id: &str, worker: &str, template: WorkerTemplate) -> WorkerSpec {
         extra_labels: Default::default(),
         extra_env: Default::default(),
         docker_args: None,
+        pod_yaml: None,
     }
 }
 

@@ -48,6 +48,7 @@ fn spec(worker_id: &str, out_dir: &Path) -> WorkerSpec {
         extra_labels: Default::default(),
         extra_env: [("OUT_DIR".to_owned(), out_dir.display().to_string())].into(),
         docker_args: None,
+        pod_yaml: None,
     }
 }
 
