@@ -28,6 +28,14 @@
 //! workers are local processes too, with the template's environment,
 //! lifetime and `max_concurrent_jobs`, and their capabilities are taken on
 //! trust, so list there only what the host offers.
+//!
+//! # Templates with the kubernetes backend
+//!
+//! The kubernetes backend offers the five built-in templates of the
+//! original request (their images are the `hodei/worker:*` images of
+//! `docker/`) plus those of the `templates` file, which replace a built-in
+//! with the same id. Pods dial `kubernetes_advertise_host` (the server's
+//! Service name), else `advertise_host`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,7 +50,9 @@ use hodei_application::orchestrator::{ServerEndpoint, WorkerHandle, WorkerOrches
 use hodei_application::submit::{CreateAndExecuteJob, JobPorts, JobsConfig};
 use hodei_application::templates::WorkerTemplateRepository;
 use hodei_application::workers::WorkerRepository;
+use hodei_domain::WorkerTemplate;
 use hodei_infrastructure::docker::{DockerConfig, DockerOrchestrator};
+use hodei_infrastructure::kubernetes::{ClientSource, KubernetesConfig, KubernetesOrchestrator};
 use hodei_infrastructure::local::{
     DEFAULT_PROBE_TIMEOUT, LocalConfig, LocalOrchestrator, detect_host_capabilities,
 };
@@ -182,9 +192,13 @@ impl Server {
                 }
                 (Arc::new(docker) as Arc<dyn WorkerOrchestrator>, Vec::new())
             }
-            other => anyhow::bail!(
-                "backend: the {other} backend is not available in this build; use backend = \"local\" or \"docker\""
-            ),
+            Backend::Kubernetes => {
+                let kubernetes = kubernetes_backend(&settings, &server_id).await?;
+                (
+                    Arc::new(kubernetes) as Arc<dyn WorkerOrchestrator>,
+                    WorkerTemplate::builtins(),
+                )
+            }
         };
         if let Some(path) = &settings.templates {
             templates.extend(load_template_file(path)?);
@@ -376,6 +390,53 @@ impl Server {
             tasks,
         })
     }
+}
+
+/// The Kubernetes backend the settings describe, its client from
+/// `kubernetes_kubeconfig` (else `KUBECONFIG`, `~/.kube/config` or the
+/// in-cluster service account).
+async fn kubernetes_backend(
+    settings: &Settings,
+    server_id: &str,
+) -> anyhow::Result<KubernetesOrchestrator> {
+    let mut config = KubernetesConfig::new(server_id);
+    config.namespace.clone_from(&settings.kubernetes_namespace);
+    config.service_account =
+        Some(settings.kubernetes_service_account.clone()).filter(|account| !account.is_empty());
+    config
+        .worker_image
+        .clone_from(&settings.kubernetes_worker_image);
+    config
+        .worker_image_binary
+        .clone_from(&settings.kubernetes_worker_image_binary);
+    config.image_pull_policy = settings
+        .kubernetes_image_pull_policy
+        .map(|policy| policy.to_string());
+    config.image_pull_grace = settings.kubernetes_image_pull_grace;
+    config.provisioning_deadline = settings.provisioning_timeout;
+    config.qps = f64::from(settings.kubernetes_qps);
+    config.burst = settings.kubernetes_burst;
+    config.run_as_user = settings.kubernetes_run_as_user.map(i64::from);
+    config.server_lost_grace = Some(settings.worker_lost_after);
+    let (source, key) = match &settings.kubernetes_kubeconfig {
+        Some(path) => (
+            ClientSource::Kubeconfig(path.clone()),
+            "kubernetes_kubeconfig",
+        ),
+        None => (ClientSource::Infer, "kubernetes_kubeconfig (unset)"),
+    };
+    let kubernetes = KubernetesOrchestrator::connect(config, source)
+        .await
+        .with_context(|| format!("{key}: no Kubernetes client configuration"))?;
+    match kubernetes.ping().await {
+        Ok(version) => {
+            tracing::info!(%version, namespace = %settings.kubernetes_namespace, "kubernetes API server answers")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "kubernetes backend: workers wait until the API server answers")
+        }
+    }
+    Ok(kubernetes)
 }
 
 /// Deletes the backend's workers for `server_id` that the worker repository

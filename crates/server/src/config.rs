@@ -20,6 +20,17 @@
 //! worker_binary = "/usr/local/bin/hodei-worker"  # HODEI_WORKER_BINARY (local: the worker run; docker: the static worker bind-mounted into containers)
 //! worker_args = []                  # HODEI_WORKER_ARGS (space separated; local: arguments before the worker's own, e.g. ["worker"] when worker_binary is hodei itself)
 //! static_worker_token = "change-me" # HODEI_STATIC_WORKER_TOKEN (shared secret of static workers; unset: static workers are refused)
+//! kubernetes_namespace = "hodei-workers"          # HODEI_KUBERNETES_NAMESPACE (kubernetes backend: namespace of worker pods and their secrets)
+//! kubernetes_service_account = "hodei-worker"     # HODEI_KUBERNETES_SERVICE_ACCOUNT (worker pods' service account; "" for the namespace's default)
+//! kubernetes_worker_image = "hodei/worker:latest" # HODEI_KUBERNETES_WORKER_IMAGE (image the init container copies the static worker from)
+//! kubernetes_worker_image_binary = "/usr/local/bin/hodei-worker"  # HODEI_KUBERNETES_WORKER_IMAGE_BINARY (the worker's path in that image)
+//! kubernetes_image_pull_policy = "IfNotPresent"   # HODEI_KUBERNETES_IMAGE_PULL_POLICY (Always | IfNotPresent | Never; unset: the cluster's default)
+//! kubernetes_image_pull_grace = "30s"             # HODEI_KUBERNETES_IMAGE_PULL_GRACE (how long an image pull may fail before the job fails)
+//! kubernetes_kubeconfig = "/etc/hodei/kubeconfig" # HODEI_KUBERNETES_KUBECONFIG (unset: KUBECONFIG, ~/.kube/config, else in-cluster)
+//! kubernetes_qps = 20                             # HODEI_KUBERNETES_QPS (API requests per second, all together)
+//! kubernetes_burst = 40                           # HODEI_KUBERNETES_BURST (requests allowed at once above the rate)
+//! kubernetes_run_as_user = 1000                   # HODEI_KUBERNETES_RUN_AS_USER (run worker pods as this non-root user; unset: the image's user)
+//! kubernetes_advertise_host = "hodei.hodei-system" # HODEI_KUBERNETES_ADVERTISE_HOST (the host pods dial; unset: advertise_host)
 //! ```
 //!
 //! A bad value is an error naming the key (and, for the file, its line).
@@ -247,6 +258,71 @@ pub struct Settings {
     /// The shared secret static workers (started by hand, `hodei worker`)
     /// send as their token. None (the default): static workers are refused.
     pub static_worker_token: Option<Secret>,
+    /// Kubernetes backend: the namespace of worker pods and their Secrets.
+    pub kubernetes_namespace: String,
+    /// Kubernetes backend: the worker pods' service account; empty for the
+    /// namespace's default.
+    pub kubernetes_service_account: String,
+    /// Kubernetes backend: the image the init container copies the static
+    /// worker from.
+    pub kubernetes_worker_image: String,
+    /// Kubernetes backend: the static worker's path inside
+    /// `kubernetes_worker_image`.
+    pub kubernetes_worker_image_binary: String,
+    /// Kubernetes backend: `imagePullPolicy` of worker containers (`Always`,
+    /// `IfNotPresent` or `Never`; unset: the cluster's default).
+    pub kubernetes_image_pull_policy: Option<PullPolicy>,
+    /// Kubernetes backend: how long an image pull may keep failing before
+    /// the job fails with the pull error.
+    #[serde(with = "duration_str")]
+    pub kubernetes_image_pull_grace: Duration,
+    /// Kubernetes backend: the kubeconfig file; unset: `KUBECONFIG`, then
+    /// `~/.kube/config`, then the pod's service account (in-cluster).
+    pub kubernetes_kubeconfig: Option<PathBuf>,
+    /// Kubernetes backend: API requests per second, all requests together.
+    pub kubernetes_qps: u32,
+    /// Kubernetes backend: API requests allowed at once above the rate.
+    pub kubernetes_burst: u32,
+    /// Kubernetes backend: run worker pods as this user id (above 0) with
+    /// `runAsNonRoot`; unset: the image's user.
+    pub kubernetes_run_as_user: Option<u32>,
+    /// Kubernetes backend: the host worker pods dial (the server's Service
+    /// name); unset: `advertise_host`.
+    pub kubernetes_advertise_host: Option<String>,
+}
+
+/// A Kubernetes `imagePullPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum PullPolicy {
+    /// Pull on every start.
+    Always,
+    /// Pull when the node lacks the image.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+impl FromStr for PullPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "Always" => Ok(PullPolicy::Always),
+            "IfNotPresent" => Ok(PullPolicy::IfNotPresent),
+            "Never" => Ok(PullPolicy::Never),
+            _ => Err("expected one of Always, IfNotPresent, Never".to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for PullPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        })
+    }
 }
 
 impl Default for Settings {
@@ -270,6 +346,17 @@ impl Default for Settings {
             worker_args: Vec::new(),
             docker_network: "host".to_owned(),
             static_worker_token: None,
+            kubernetes_namespace: "hodei-workers".to_owned(),
+            kubernetes_service_account: "hodei-worker".to_owned(),
+            kubernetes_worker_image: "hodei/worker:latest".to_owned(),
+            kubernetes_worker_image_binary: "/usr/local/bin/hodei-worker".to_owned(),
+            kubernetes_image_pull_policy: None,
+            kubernetes_image_pull_grace: Duration::from_secs(30),
+            kubernetes_kubeconfig: None,
+            kubernetes_qps: 20,
+            kubernetes_burst: 40,
+            kubernetes_run_as_user: None,
+            kubernetes_advertise_host: None,
         }
     }
 }
@@ -416,6 +503,49 @@ impl Settings {
         if let Some(v) = get(&lookup, "HODEI_DOCKER_NETWORK", text)? {
             self.docker_network = v;
         }
+        if let Some(v) = get(&lookup, "HODEI_KUBERNETES_NAMESPACE", text)? {
+            self.kubernetes_namespace = v;
+        }
+        if let Some(v) = get(&lookup, "HODEI_KUBERNETES_SERVICE_ACCOUNT", |s: &str| {
+            Ok::<_, String>(s.to_owned())
+        })? {
+            self.kubernetes_service_account = v;
+        }
+        if let Some(v) = get(&lookup, "HODEI_KUBERNETES_WORKER_IMAGE", text)? {
+            self.kubernetes_worker_image = v;
+        }
+        if let Some(v) = get(&lookup, "HODEI_KUBERNETES_WORKER_IMAGE_BINARY", text)? {
+            self.kubernetes_worker_image_binary = v;
+        }
+        if let Some(v) = get(
+            &lookup,
+            "HODEI_KUBERNETES_IMAGE_PULL_POLICY",
+            PullPolicy::from_str,
+        )? {
+            self.kubernetes_image_pull_policy = Some(v);
+        }
+        if let Some(v) = get(
+            &lookup,
+            "HODEI_KUBERNETES_IMAGE_PULL_GRACE",
+            duration_str::parse,
+        )? {
+            self.kubernetes_image_pull_grace = v;
+        }
+        if let Some(v) = get(&lookup, "HODEI_KUBERNETES_KUBECONFIG", path)? {
+            self.kubernetes_kubeconfig = Some(v);
+        }
+        if let Some(v) = get(&lookup, "HODEI_KUBERNETES_QPS", count)? {
+            self.kubernetes_qps = v;
+        }
+        if let Some(v) = get(&lookup, "HODEI_KUBERNETES_BURST", count)? {
+            self.kubernetes_burst = v;
+        }
+        if let Some(v) = get(&lookup, "HODEI_KUBERNETES_RUN_AS_USER", count)? {
+            self.kubernetes_run_as_user = Some(v);
+        }
+        if let Some(v) = get(&lookup, "HODEI_KUBERNETES_ADVERTISE_HOST", text)? {
+            self.kubernetes_advertise_host = Some(v);
+        }
         // The value is never echoed: only an empty one is refused.
         if let Some(v) = get(&lookup, "HODEI_STATIC_WORKER_TOKEN", |s: &str| {
             Secret::new(s).ok_or_else(|| "expected a non-empty secret".to_owned())
@@ -431,8 +561,15 @@ impl Settings {
         self.data_dir.join("hodei.db")
     }
 
-    /// The host workers dial.
+    /// The host workers dial: for the kubernetes backend
+    /// `kubernetes_advertise_host` when set, else `advertise_host`, else
+    /// the gRPC listen address's IP (127.0.0.1 when it listens on all).
     pub fn worker_facing_host(&self) -> String {
+        if self.backend == Backend::Kubernetes
+            && let Some(host) = &self.kubernetes_advertise_host
+        {
+            return host.clone();
+        }
         match &self.advertise_host {
             Some(host) => host.clone(),
             None if self.grpc_addr.ip().is_unspecified() => "127.0.0.1".to_owned(),
@@ -548,6 +685,11 @@ mod tests {
         );
         check("max_source_bytes = \"-1\"\n", "invalid value \"-1\"");
         check("grpc_addr = \"nowhere\"\n", "line 1");
+        check(
+            "kubernetes_burst = 10\nkubernetes_image_pull_policy = \"Sometimes\"\n",
+            "line 2",
+        );
+        check("kubernetes_qps = \"fast\"\n", "invalid type");
     }
 
     /// The example in the module documentation parses, sets every key, and
@@ -576,6 +718,14 @@ mod tests {
         }
         assert_eq!(env.max_workers, 32);
         assert_eq!(env.worker_facing_host(), "hodei.svc");
+        assert_eq!(env.kubernetes_qps, 20);
+        assert_eq!(env.kubernetes_run_as_user, Some(1000));
+        assert_eq!(
+            env.kubernetes_image_pull_policy,
+            Some(PullPolicy::IfNotPresent)
+        );
+        env.backend = Backend::Kubernetes;
+        assert_eq!(env.worker_facing_host(), "hodei.hodei-system");
     }
 
     #[test]
@@ -623,6 +773,17 @@ mod tests {
         check("HODEI_JOB_TIMEOUT", "forever", "expected a duration");
         check("HODEI_MAX_SOURCE_BYTES", "lots", "expected a size");
         check("HODEI_DATA_DIR", "", "expected a path");
+        check("HODEI_KUBERNETES_QPS", "0", "expected a positive integer");
+        check(
+            "HODEI_KUBERNETES_IMAGE_PULL_POLICY",
+            "sometimes",
+            "expected one of Always, IfNotPresent, Never",
+        );
+        check(
+            "HODEI_KUBERNETES_IMAGE_PULL_GRACE",
+            "a while",
+            "expected a duration",
+        );
         check(
             "HODEI_STATIC_WORKER_TOKEN",
             " ",
