@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
+use crate::docker::DockerRuntime;
 use crate::patch::{self, PatchType};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, FieldError, json_response, success};
@@ -60,7 +61,7 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
         headers: &parts.headers,
         body: &body,
     };
-    match call.route(parts.uri.path()) {
+    match call.route(parts.uri.path()).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
@@ -154,7 +155,7 @@ fn fold_string_data(secret: &mut Secret) {
 }
 
 impl Call<'_> {
-    fn route(&self, path: &str) -> Result<Response, ApiError> {
+    async fn route(&self, path: &str) -> Result<Response, ApiError> {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         match segments.as_slice() {
             ["version"] => self.only(&[Method::GET]).map(|()| version()),
@@ -198,7 +199,7 @@ impl Call<'_> {
             },
             ["api", "v1", "namespaces", ns, "pods", name, "log"] => {
                 self.only(&[Method::GET])?;
-                self.log(ns, name)
+                self.log(ns, name).await
             }
             _ => Err(ApiError::no_route()),
         }
@@ -372,7 +373,17 @@ impl Call<'_> {
             let saved = if dry_run {
                 std::sync::Arc::new(stored)
             } else {
-                store.insert(kind, ns, &name, stored)
+                let saved = store.insert(kind, ns, &name, stored);
+                if kind == Kind::Pod
+                    && let Some(kubelet) = &self.shared.kubelet
+                {
+                    let uid = saved
+                        .pointer("/metadata/uid")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    kubelet.spawn(self.shared.clone(), ns, &name, uid);
+                }
+                saved
             };
             Ok(json_response(StatusCode::CREATED, &saved))
         })
@@ -563,7 +574,8 @@ impl Call<'_> {
 
     fn delete(&self, kind: Kind, ns: &str, name: &str) -> Result<Response, ApiError> {
         let options = self.delete_options()?;
-        let deleted = self.store(|store| delete_one(store, kind, ns, name, &options))?;
+        let kubelet = self.shared.kubelet.as_deref();
+        let deleted = self.store(|store| delete_one(store, kind, ns, name, &options, kubelet))?;
         Ok(match kind {
             // Pods answer with the object, other kinds with a Status.
             Kind::Pod => ok(&deleted),
@@ -580,6 +592,7 @@ impl Call<'_> {
     fn delete_collection(&self, kind: Kind, ns: &str) -> Result<Response, ApiError> {
         let (labels, fields) = self.selectors(kind)?;
         let options = self.delete_options()?;
+        let kubelet = self.shared.kubelet.as_deref();
         let items = self.store(|store| {
             let names: Vec<String> = store
                 .list(kind, Some(ns))
@@ -592,7 +605,7 @@ impl Call<'_> {
                 let mut one = options.clone();
                 one.uid = None;
                 one.resource_version = None;
-                if let Ok(object) = delete_one(store, kind, ns, &name, &one) {
+                if let Ok(object) = delete_one(store, kind, ns, &name, &one, kubelet) {
                     items.push(object);
                 }
             }
@@ -607,7 +620,7 @@ impl Call<'_> {
         })))
     }
 
-    fn log(&self, ns: &str, name: &str) -> Result<Response, ApiError> {
+    async fn log(&self, ns: &str, name: &str) -> Result<Response, ApiError> {
         let pod = self
             .shared
             .read(|s| s.get(Kind::Pod, ns, name))
@@ -642,6 +655,23 @@ impl Call<'_> {
             return Err(ApiError::bad_request(format!(
                 "container {container} is not valid for pod {name}"
             )));
+        }
+        let tail = self
+            .query
+            .get("tailLines")
+            .and_then(|t| t.parse::<usize>().ok());
+        if let Some(kubelet) = &self.shared.kubelet
+            && let Some(docker_name) = kubelet.container_of(ns, name, &container)
+        {
+            let follow = self
+                .query
+                .get("follow")
+                .is_some_and(|f| f == "true" || f == "1");
+            return Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(Body::from_stream(kubelet.logs(&docker_name, tail, follow)))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()));
         }
         let text = self.shared.read(|s| {
             s.logs
@@ -703,12 +733,16 @@ struct DeleteOptions {
     dry_run: bool,
 }
 
+/// Deletes one object. A pod the Docker kubelet runs is only marked
+/// (`deletionTimestamp`) unless the grace period is 0: the kubelet removes
+/// it once its containers are gone.
 fn delete_one(
     store: &mut Store,
     kind: Kind,
     ns: &str,
     name: &str,
     options: &DeleteOptions,
+    kubelet: Option<&DockerRuntime>,
 ) -> Result<Value, ApiError> {
     let current = store
         .get(kind, ns, name)
@@ -741,7 +775,40 @@ fn delete_one(
     if options.dry_run {
         return Ok((*current).clone());
     }
-    let _ = options.grace;
+    if kind == Kind::Pod
+        && let Some(kubelet) = kubelet
+    {
+        let grace = options
+            .grace
+            .or_else(|| {
+                current
+                    .pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
+            .unwrap_or(30)
+            .max(0);
+        kubelet.stop(uid, grace);
+        if grace > 0 {
+            if current.pointer("/metadata/deletionTimestamp").is_some() {
+                return Ok((*current).clone());
+            }
+            let mut terminating = (*current).clone();
+            if let Some(meta) = terminating
+                .get_mut("metadata")
+                .and_then(Value::as_object_mut)
+            {
+                meta.insert(
+                    "deletionTimestamp".to_owned(),
+                    serde_json::to_value(pods::seconds_from_now(grace)).unwrap_or_default(),
+                );
+                meta.insert("deletionGracePeriodSeconds".to_owned(), json!(grace));
+            }
+            let saved = store
+                .replace(kind, ns, name, terminating)
+                .ok_or_else(|| ApiError::not_found(kind, name))?;
+            return Ok((*saved).clone());
+        }
+    }
     let gone = store
         .remove(kind, ns, name)
         .ok_or_else(|| ApiError::not_found(kind, name))?;

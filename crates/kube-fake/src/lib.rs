@@ -11,12 +11,16 @@
 //! shapes (`404 NotFound`, `409 AlreadyExists`, `422 Invalid`, `400
 //! BadRequest`).
 //!
-//! Nothing runs a pod by itself: with the manual kubelet
-//! ([`Kubelet::Manual`]) the test plays the kubelet through
-//! [`FakeKube::set_running`], [`FakeKube::set_terminated`],
-//! [`FakeKube::set_waiting`] and friends, each of which bumps the
-//! `resourceVersion` and sends `MODIFIED` to watchers, like a kubelet's
-//! status update.
+//! Two kubelets. With the manual one ([`Kubelet::Manual`]) nothing runs:
+//! the test plays the kubelet through [`FakeKube::set_running`],
+//! [`FakeKube::set_terminated`], [`FakeKube::set_waiting`] and friends,
+//! each of which bumps the `resourceVersion` and sends `MODIFIED` to
+//! watchers, like a kubelet's status update. With the Docker one
+//! ([`Kubelet::Docker`]) every pod runs for real as Docker containers on
+//! the local engine (init containers, `emptyDir` volumes, secrets in the
+//! environment, limits, deadlines), so a pod spec is proven runnable; its
+//! containers carry [`POD_LABEL`] and [`INSTANCE_LABEL`] and
+//! [`FakeKube::docker_containers`] lists the ones left.
 //!
 //! It knows nothing of Hodei: it is a small API server, not a mock of a
 //! client.
@@ -34,6 +38,7 @@
 //! ```
 
 mod api;
+mod docker;
 mod patch;
 mod pods;
 mod selector;
@@ -53,6 +58,8 @@ use k8s_openapi::api::core::v1::{Pod, PodStatus, Secret};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::docker::DockerRuntime;
+pub use crate::docker::{CONTAINER_LABEL, DockerKubelet, INSTANCE_LABEL, POD_LABEL, UID_LABEL};
 use crate::store::{Kind, Store};
 
 /// How pods are run.
@@ -64,6 +71,9 @@ pub enum Kubelet {
     /// at once.
     #[default]
     Manual,
+    /// Every pod runs for real as Docker containers on the local engine
+    /// (see [`DockerKubelet`]), and its status follows theirs.
+    Docker(DockerKubelet),
 }
 
 /// How a [`FakeKube`] behaves.
@@ -130,6 +140,8 @@ pub(crate) struct Shared {
     unavailable: AtomicBool,
     requests: Mutex<Vec<RequestRecord>>,
     options: FakeOptions,
+    /// The Docker kubelet, if pods run.
+    kubelet: Option<Arc<DockerRuntime>>,
 }
 
 /// Locks `mutex`, also after a panic of another holder (the data stays
@@ -184,12 +196,20 @@ struct Inner {
     shared: Arc<Shared>,
     addr: SocketAddr,
     server: JoinHandle<()>,
+    /// Set once the Docker kubelet has cleaned up.
+    cleaned: AtomicBool,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.server.abort();
         self.shared.cut_connections();
+        if let Some(kubelet) = &self.shared.kubelet
+            && !self.cleaned.swap(true, Ordering::SeqCst)
+        {
+            let (label, dir) = kubelet.leftovers();
+            docker::clean_up_blocking(label, dir);
+        }
     }
 }
 
@@ -212,8 +232,15 @@ impl FakeKube {
     /// Starts a server with `options` on `127.0.0.1:0`.
     ///
     /// # Errors
-    /// The port cannot be bound.
+    /// The port cannot be bound, or (for [`Kubelet::Docker`]) no Docker
+    /// engine answers or the volumes directory cannot be created.
     pub async fn start_with(options: FakeOptions) -> std::io::Result<FakeKube> {
+        let kubelet = match &options.kubelet {
+            Kubelet::Manual => None,
+            Kubelet::Docker(config) => {
+                Some(Arc::new(DockerRuntime::connect(config.clone()).await?))
+            }
+        };
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -224,6 +251,7 @@ impl FakeKube {
             unavailable: AtomicBool::new(false),
             requests: Mutex::new(Vec::new()),
             options,
+            kubelet,
         });
         let server = tokio::spawn(serve(listener, shared.clone()));
         Ok(FakeKube {
@@ -231,6 +259,7 @@ impl FakeKube {
                 shared,
                 addr,
                 server,
+                cleaned: AtomicBool::new(false),
             }),
         })
     }
@@ -433,11 +462,26 @@ impl FakeKube {
         lock(&self.shared().requests).clone()
     }
 
+    /// The names of the Docker containers this fake has created and not
+    /// yet removed (running or not); empty with the manual kubelet.
+    pub async fn docker_containers(&self) -> Vec<String> {
+        match &self.shared().kubelet {
+            Some(kubelet) => kubelet.live_containers().await,
+            None => Vec::new(),
+        }
+    }
+
     /// Stops the server: open connections and watches are dropped, the
-    /// port is released.
+    /// port is released; the Docker kubelet removes every container and
+    /// directory it created.
     pub async fn shutdown(self) {
         self.inner.server.abort();
         self.shared().cut_connections();
+        if let Some(kubelet) = &self.shared().kubelet
+            && !self.inner.cleaned.swap(true, Ordering::SeqCst)
+        {
+            kubelet.clean_up().await;
+        }
         tokio::task::yield_now().await;
     }
 }

@@ -13,10 +13,16 @@ pub(crate) const POD_IP: &str = "127.0.0.1";
 
 /// Now, to the second, as the API server writes times.
 pub(crate) fn now() -> Time {
+    seconds_from_now(0)
+}
+
+/// `seconds` from now, to the second.
+pub(crate) fn seconds_from_now(seconds: i64) -> Time {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    Time(Timestamp::from_second(i64::try_from(secs).unwrap_or(0)).unwrap_or(Timestamp::UNIX_EPOCH))
+    let at = i64::try_from(secs).unwrap_or(0).saturating_add(seconds);
+    Time(Timestamp::from_second(at).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
 fn qos_class(spec: &PodSpec) -> &'static str {
@@ -142,7 +148,7 @@ pub(crate) fn set_condition(
 /// The container statuses of every container of the spec, created waiting
 /// (`PodInitializing` for init containers, `ContainerCreating` otherwise)
 /// where the kubelet has not reported yet.
-fn ensure_statuses(pod: &mut Pod) {
+pub(crate) fn ensure_statuses(pod: &mut Pod) {
     let spec = pod.spec.clone().unwrap_or_default();
     let status = pod.status.get_or_insert_with(PodStatus::default);
     let fill = |statuses: &mut Option<Vec<ContainerStatus>>,
@@ -234,6 +240,22 @@ pub(crate) fn set_waiting(pod: &mut Pod, container: &str, reason: &str, message:
         None,
     );
     set_condition(status, "Ready", "False", Some("ContainersNotReady"), None);
+}
+
+/// `container` runs (started now, ready) with `container_id`.
+pub(crate) fn set_container_running(pod: &mut Pod, container: &str, container_id: &str) {
+    if let Some((s, init)) = container_status(pod, container) {
+        s.state = Some(ContainerState {
+            running: Some(ContainerStateRunning {
+                started_at: Some(now()),
+            }),
+            ..Default::default()
+        });
+        s.ready = !init;
+        s.started = Some(true);
+        s.container_id = Some(container_id.to_owned());
+        s.image_id = format!("{}@sha256:kube-fake", s.image);
+    }
 }
 
 /// The whole pod runs: init containers completed, every container running
