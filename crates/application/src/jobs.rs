@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use hodei_domain::{Job, JobId, JobStatusKind, Timestamp};
+use hodei_domain::{Job, JobId, JobStatusKind, StageResult, Timestamp};
 
 use crate::worker_link::LogStream;
 
@@ -51,6 +51,21 @@ pub struct LogEntry {
     pub seq: u64,
     /// The chunk.
     pub chunk: LogChunk,
+}
+
+/// A stage as seen so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageSummary {
+    /// The stage name.
+    pub name: String,
+    /// Its path from the top.
+    pub path: Vec<String>,
+    /// How it ended; `None` while it runs.
+    pub result: Option<StageResult>,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// When it ended.
+    pub finished_at: Option<Timestamp>,
 }
 
 /// What a queued job needs to run that its [`Job`] record does not hold.
@@ -104,6 +119,24 @@ pub trait JobRepository: Send + Sync {
     ) -> Result<Option<QueuedSubmission>, JobRepositoryError> {
         let _ = id;
         Ok(None)
+    }
+
+    /// Replaces the job's stages as seen so far. The default keeps
+    /// nothing, for stores that forget everything on restart anyway (the
+    /// stages of a job whose journal is in memory come from the journal).
+    async fn save_stages(
+        &self,
+        job: &JobId,
+        stages: Vec<StageSummary>,
+    ) -> Result<(), JobRepositoryError> {
+        let _ = (job, stages);
+        Ok(())
+    }
+
+    /// The stages [`JobRepository::save_stages`] kept (empty when none).
+    async fn find_stages(&self, job: &JobId) -> Result<Vec<StageSummary>, JobRepositoryError> {
+        let _ = job;
+        Ok(Vec::new())
     }
 
     /// The job with this id, if any.

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::events::EventPublisher;
 use crate::id_generator::IdGenerator;
+pub use crate::jobs::StageSummary;
 use crate::jobs::{JobRepository, JobRepositoryError, LogChunk, QueuedSubmission};
 use crate::provider::{ProvisionError, WorkerProvider};
 use crate::runner::{
@@ -215,21 +216,6 @@ pub struct JobUpdate {
     pub kind: UpdateKind,
 }
 
-/// A stage as seen so far.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StageSummary {
-    /// The stage name.
-    pub name: String,
-    /// Its path from the top.
-    pub path: Vec<String>,
-    /// How it ended; `None` while it runs.
-    pub result: Option<StageResult>,
-    /// When it started.
-    pub started_at: Timestamp,
-    /// When it ended.
-    pub finished_at: Option<Timestamp>,
-}
-
 /// What [`CreateAndExecuteJob::recover`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovered {
@@ -384,11 +370,21 @@ impl CreateAndExecuteJob {
         Ok(JobWatch { source, next: from })
     }
 
-    /// The job's stages as far as they ran (empty for a job whose journal
-    /// is no longer kept).
-    pub fn stages(&self, job: &JobId) -> Vec<StageSummary> {
+    /// The job's stages as far as they ran: from its journal while it is
+    /// kept in memory, else as the repository kept them (empty when it
+    /// kept none).
+    pub async fn stages(&self, job: &JobId) -> Vec<StageSummary> {
         let journal = lock(&self.inner.journals).by_job.get(job).cloned();
-        journal.map(|j| j.stages()).unwrap_or_default()
+        if let Some(journal) = journal {
+            return journal.stages();
+        }
+        match self.inner.ports.jobs.find_stages(job).await {
+            Ok(stages) => stages,
+            Err(e) => {
+                tracing::warn!(job = %job, error = %e, "cannot read the job's stages");
+                Vec::new()
+            }
+        }
     }
 
     /// Cancels a job: its running steps are killed, `post` blocks run, its
@@ -874,6 +870,14 @@ async fn pump(
                 }
             }
             Pumped::Event(event) => events.publish(event).await,
+            Pumped::Stages(stages) => {
+                if let Err(e) = jobs.save_stages(&job, stages).await
+                    && !store_failed
+                {
+                    store_failed = true;
+                    tracing::error!(job = %job, error = %e, "cannot store stages; later failures not reported");
+                }
+            }
         }
     }
 }
@@ -881,6 +885,7 @@ async fn pump(
 enum Pumped {
     Log(LogChunk),
     Event(DomainEvent),
+    Stages(Vec<StageSummary>),
 }
 
 /// A job's journal: numbered updates and a signal when one is added.
@@ -1289,6 +1294,7 @@ impl RunOutput for JobOutput {
                     job: self.job.clone(),
                     stage: stage.to_owned(),
                 }));
+                let _ = self.pump.send(Pumped::Stages(self.journal.stages()));
             }
             RunEvent::StageFinished { stage, status } => {
                 let (result, message) = stage_result(status);
@@ -1306,6 +1312,7 @@ impl RunOutput for JobOutput {
                     stage: stage.to_owned(),
                     result,
                 }));
+                let _ = self.pump.send(Pumped::Stages(self.journal.stages()));
             }
             RunEvent::StepStarted { .. } => {}
             RunEvent::StepFinished { step_id, .. } => self.flush(Some(step_id)),

@@ -110,6 +110,7 @@ struct Seen {
     logs: StdMutex<Vec<LogChunk>>,
     events: StdMutex<Vec<DomainEvent>>,
     released: StdMutex<Vec<String>>,
+    stages: StdMutex<Vec<StageSummary>>,
 }
 
 struct Setup {
@@ -151,6 +152,14 @@ fn setup_with(
         .returning(move |id| Ok(lock(&s.saved).iter().rev().find(|j| j.id() == id).cloned()));
     repo.expect_list().returning(|_| Ok(Vec::new()));
     repo.expect_next_build_number().returning(|_| Ok(7));
+    let s = seen.clone();
+    repo.expect_save_stages().returning(move |_, stages| {
+        *lock(&s.stages) = stages;
+        Ok(())
+    });
+    let s = seen.clone();
+    repo.expect_find_stages()
+        .returning(move |_| Ok(lock(&s.stages).clone()));
     let s = seen.clone();
     repo.expect_append_log().returning(move |_, chunk| {
         let mut logs = lock(&s.logs);
@@ -307,7 +316,7 @@ async fn a_successful_job_is_stored_journaled_and_published() {
     assert_eq!(names.last(), Some(&"job_finished"));
     assert!(names.contains(&"stage_started") && names.contains(&"stage_finished"));
     assert_eq!(*lock(&setup.seen.released), ["w-1"]);
-    let stages = setup.jobs.stages(&JobId::new("job-1").unwrap());
+    let stages = setup.jobs.stages(&JobId::new("job-1").unwrap()).await;
     assert_eq!(stages.len(), 1);
     assert_eq!(stages[0].result, Some(StageResult::Success));
     assert!(setup.jobs.running_jobs().is_empty());
@@ -519,6 +528,11 @@ async fn an_evicted_journal_is_rebuilt_from_the_repository() {
         lines(&rebuilt).contains(&"out: echo hi".to_owned()),
         "{rebuilt:#?}"
     );
+    // The stages come from the repository, as the pump kept them.
+    let stages = setup.jobs.stages(&JobId::new("job-1").unwrap()).await;
+    let names: Vec<(&str, Option<StageResult>)> =
+        stages.iter().map(|s| (s.name.as_str(), s.result)).collect();
+    assert_eq!(names, [("Build", Some(StageResult::Success))]);
     let seqs: Vec<u64> = rebuilt.iter().map(|u| u.seq).collect();
     assert_eq!(seqs, (0..rebuilt.len() as u64).collect::<Vec<_>>());
     // From any position, as the live journal would be.
@@ -568,6 +582,7 @@ async fn recover_fails_running_jobs_and_runs_queued_ones_again() {
     repo.expect_find_by_id()
         .returning(move |id| Ok(lock(&s.saved).iter().rev().find(|j| j.id() == id).cloned()));
     repo.expect_append_log().returning(|_, _| Ok(0));
+    repo.expect_save_stages().returning(|_, _| Ok(()));
     let mut events = MockEventPublisher::new();
     let s = seen.clone();
     events

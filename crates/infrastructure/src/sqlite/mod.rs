@@ -52,10 +52,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hodei_application::jobs::{
     JobFilter, JobRepository, JobRepositoryError, LogChunk, LogEntry, QueuedSubmission,
+    StageSummary,
 };
 use hodei_application::worker_link::LogStream;
 use hodei_application::workers::{WorkerRepository, WorkerRepositoryError};
-use hodei_domain::{Job, JobId, JobStatus, Timestamp, Worker, WorkerId};
+use hodei_domain::{Job, JobId, JobStatus, StageResult, Timestamp, Worker, WorkerId};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
@@ -165,6 +166,7 @@ struct Command {
 
 enum Op {
     SaveJob(Box<Job>),
+    SaveStages(JobId, String),
     SaveQueued(Box<Job>, QueuedSubmission),
     NextBuildNumber(String),
     AppendLog(JobId, LogChunk),
@@ -456,6 +458,21 @@ impl Writer {
     fn op(&mut self, op: Op) -> Result<u64, OpError> {
         match op {
             Op::SaveJob(job) => self.save_job(&job).map(|()| 0),
+            Op::SaveStages(job, stages) => self
+                .conn
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO job_stages (job_id, stages) \
+                     SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?1)",
+                )
+                .and_then(|mut stmt| stmt.execute(params![job.as_str(), stages]))
+                .map_err(|e| OpError::Store(self.sqlite(e)))
+                .and_then(|changed| {
+                    if changed == 0 {
+                        Err(OpError::JobNotFound(job))
+                    } else {
+                        Ok(0)
+                    }
+                }),
             Op::SaveQueued(job, submission) => {
                 self.save_job(&job)?;
                 self.conn
@@ -684,6 +701,40 @@ fn stream_of(code: u8) -> LogStream {
     }
 }
 
+/// How a [`StageSummary`] is stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StageRow {
+    name: String,
+    path: Vec<String>,
+    result: Option<StageResult>,
+    started_at: Timestamp,
+    finished_at: Option<Timestamp>,
+}
+
+impl From<StageSummary> for StageRow {
+    fn from(s: StageSummary) -> Self {
+        StageRow {
+            name: s.name,
+            path: s.path,
+            result: s.result,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+        }
+    }
+}
+
+impl From<StageRow> for StageSummary {
+    fn from(s: StageRow) -> Self {
+        StageSummary {
+            name: s.name,
+            path: s.path,
+            result: s.result,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+        }
+    }
+}
+
 fn job_error(e: OpError) -> JobRepositoryError {
     match e {
         OpError::JobNotFound(id) => JobRepositoryError::NotFound(id),
@@ -738,6 +789,44 @@ impl JobRepository for SqliteStore {
         })
         .await
         .map_err(|e| JobRepositoryError::Backend(Box::new(e)))
+    }
+
+    async fn save_stages(
+        &self,
+        job: &JobId,
+        stages: Vec<StageSummary>,
+    ) -> Result<(), JobRepositoryError> {
+        let rows: Vec<StageRow> = stages.into_iter().map(StageRow::from).collect();
+        let text = serde_json::to_string(&rows).map_err(|source| {
+            JobRepositoryError::Backend(Box::new(StoreError::Corrupt {
+                path: self.shared.path.clone(),
+                id: job.to_string(),
+                source,
+            }))
+        })?;
+        self.write(Op::SaveStages(job.clone(), text))
+            .await
+            .map(|_| ())
+            .map_err(job_error)
+    }
+
+    async fn find_stages(&self, job: &JobId) -> Result<Vec<StageSummary>, JobRepositoryError> {
+        let key = job.to_string();
+        let text: Option<String> = self
+            .read(move |conn| {
+                conn.prepare_cached("SELECT stages FROM job_stages WHERE job_id = ?1")?
+                    .query_row([&key], |row| row.get(0))
+                    .optional()
+            })
+            .await
+            .map_err(|e| JobRepositoryError::Backend(Box::new(e)))?;
+        let Some(text) = text else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<StageRow> = self
+            .decode(job.as_str(), &text)
+            .map_err(|e| JobRepositoryError::Backend(Box::new(e)))?;
+        Ok(rows.into_iter().map(StageSummary::from).collect())
     }
 
     async fn find_by_id(&self, id: &JobId) -> Result<Option<Job>, JobRepositoryError> {

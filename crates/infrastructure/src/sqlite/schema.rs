@@ -65,6 +65,13 @@ pub const MIGRATIONS: &[&str] = &[
         source  BLOB NOT NULL
     );
     ",
+    // 3: the stages of each job, as seen so far (JSON).
+    "
+    CREATE TABLE job_stages (
+        job_id  TEXT PRIMARY KEY NOT NULL,
+        stages  TEXT NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build writes.

@@ -350,6 +350,50 @@ async fn a_queued_job_keeps_its_submission_until_it_starts() {
     assert_eq!(store.queued_submission(j.id()).await.unwrap(), None);
 }
 
+#[tokio::test]
+async fn stages_are_replaced_and_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = JobId::new("b").unwrap();
+    let stage = |name: &str, result: Option<hodei_domain::StageResult>| StageSummary {
+        name: name.into(),
+        path: vec!["Top".into(), name.into()],
+        result,
+        started_at: Timestamp(10),
+        finished_at: result.map(|_| Timestamp(20)),
+    };
+    {
+        let store = filled(&dir).await;
+        assert!(store.find_stages(&id).await.unwrap().is_empty());
+        store
+            .save_stages(&id, vec![stage("Build", None)])
+            .await
+            .unwrap();
+        store
+            .save_stages(
+                &id,
+                vec![
+                    stage("Build", Some(hodei_domain::StageResult::Success)),
+                    stage("Test", None),
+                ],
+            )
+            .await
+            .unwrap();
+        let unknown = JobId::new("nope").unwrap();
+        assert!(matches!(
+            store.save_stages(&unknown, Vec::new()).await,
+            Err(JobRepositoryError::NotFound(_))
+        ));
+    }
+    let store = open(&dir);
+    assert_eq!(
+        store.find_stages(&id).await.unwrap(),
+        [
+            stage("Build", Some(hodei_domain::StageResult::Success)),
+            stage("Test", None)
+        ]
+    );
+}
+
 #[test]
 fn a_file_of_an_older_version_is_migrated_and_keeps_its_data() {
     let dir = tempfile::tempdir().unwrap();
@@ -413,12 +457,12 @@ fn migrations_apply_in_order_from_any_version() {
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' \
              AND name IN ('jobs', 'job_logs', 'job_status_history', 'build_numbers', 'workers', \
-             'job_submissions')",
+             'job_submissions', 'job_stages')",
             [],
             |row| row.get(0),
         )
         .unwrap();
-    assert_eq!(tables, 6);
+    assert_eq!(tables, 7);
 }
 
 #[test]

@@ -210,10 +210,8 @@ impl JobService for JobServiceImpl {
             .await
             .map_err(|e| status_of(e.into()))?
             .ok_or_else(|| status_of(JobsError::NotFound(id.clone())))?;
-        Ok(Response::new(convert::job_to_proto(
-            &job,
-            &self.jobs.stages(&id),
-        )))
+        let stages = self.jobs.stages(&id).await;
+        Ok(Response::new(convert::job_to_proto(&job, &stages)))
     }
 
     async fn list(
@@ -256,12 +254,16 @@ impl JobService for JobServiceImpl {
             .list(&filter)
             .await
             .map_err(|e| status_of(e.into()))?;
-        let jobs = jobs
+        let mut listed = Vec::new();
+        for job in jobs
             .iter()
             .filter(|j| request.statuses.is_empty() || statuses.contains(&j.status().kind()))
             .take(limit)
-            .map(|j| convert::job_to_proto(j, &self.jobs.stages(j.id())))
-            .collect();
+        {
+            let stages = self.jobs.stages(job.id()).await;
+            listed.push(convert::job_to_proto(job, &stages));
+        }
+        let jobs = listed;
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 

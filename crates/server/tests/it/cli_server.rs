@@ -387,6 +387,8 @@ fn a_server_killed_with_sigkill_mid_job_fails_the_job_and_leaves_no_worker() {
     assert_eq!(code, 0, "{stderr}");
     assert!(show.contains("status:    failure"), "{show}");
     assert!(show.contains("message:   server restarted"), "{show}");
+    // Its stages as far as they ran are kept too.
+    assert!(show.contains("Wait"), "{show}");
     let (code, logs, _) = second.client(&["jobs", "logs", &job]);
     assert_eq!(code, 0);
     assert!(logs.ends_with("before the crash\n"), "{logs}");
