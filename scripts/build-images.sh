@@ -8,7 +8,9 @@
 #   PUSH      "true" pushes every tag after building
 #
 # Tags, as the built-in templates name them:
-#   $REGISTRY/worker:base-$VERSION         and :base
+#   $REGISTRY/worker:base-$VERSION         and :base, :$VERSION (the image the
+#                                          Kubernetes backend's init container
+#                                          copies the worker from)
 #   $REGISTRY/worker:java-maven-$VERSION   and :java-maven-latest
 #   $REGISTRY/worker:node-18-$VERSION      and :node-18-latest
 #   $REGISTRY/worker:docker-dind-$VERSION  and :docker-dind-latest
@@ -45,6 +47,7 @@ echo "Building Hodei Worker Images..."
 echo "Building base worker image..."
 build base base
 docker tag "$REGISTRY/worker:base-$VERSION" "$REGISTRY/worker:base"
+docker tag "$REGISTRY/worker:base-$VERSION" "$REGISTRY/worker:$VERSION"
 
 echo "Building Java Maven worker image..."
 build java-maven java-maven --build-arg "BASE=$REGISTRY/worker:base-$VERSION"
@@ -74,6 +77,7 @@ if [ "${PUSH:-}" = "true" ]; then
         docker push "$REGISTRY/worker:$image-$VERSION"
     done
     docker push "$REGISTRY/worker:base"
+    docker push "$REGISTRY/worker:$VERSION"
     for image in java-maven node-18 docker-dind python-3.11 go-1.21; do
         docker push "$REGISTRY/worker:$image-latest"
     done
