@@ -236,6 +236,10 @@ pub struct JobsConfig {
     /// Journals of finished jobs kept in memory for watchers; older ones
     /// are rebuilt from the repository (status and logs) when watched.
     pub kept_journals: usize,
+    /// At most this many bytes of log lines in the journals of finished
+    /// jobs kept in memory; the oldest go first. Bounds the memory finished
+    /// jobs take whatever their logs' size (the repository has them).
+    pub kept_journal_bytes: usize,
 }
 
 impl Default for JobsConfig {
@@ -244,6 +248,7 @@ impl Default for JobsConfig {
             job_timeout: None,
             runner: RunnerConfig::default(),
             kept_journals: 256,
+            kept_journal_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -296,7 +301,11 @@ impl fmt::Debug for Inner {
 #[derive(Default)]
 struct Journals {
     by_job: HashMap<JobId, Arc<Journal>>,
-    finished: VecDeque<JobId>,
+    /// Finished jobs whose journal is kept, oldest first, with its log
+    /// bytes.
+    finished: VecDeque<(JobId, usize)>,
+    /// The sum of `finished`'s bytes.
+    finished_bytes: usize,
 }
 
 struct Running {
@@ -833,12 +842,18 @@ impl Inner {
                 status,
             })
             .await;
+        let bytes = journal.log_bytes();
         let mut journals = lock(&self.journals);
-        journals.finished.push_back(id);
-        while journals.finished.len() > self.config.kept_journals {
-            if let Some(old) = journals.finished.pop_front() {
-                journals.by_job.remove(&old);
-            }
+        journals.finished.push_back((id, bytes));
+        journals.finished_bytes += bytes;
+        while journals.finished.len() > self.config.kept_journals
+            || journals.finished_bytes > self.config.kept_journal_bytes
+        {
+            let Some((old, bytes)) = journals.finished.pop_front() else {
+                break;
+            };
+            journals.finished_bytes -= bytes;
+            journals.by_job.remove(&old);
         }
     }
 }
@@ -897,6 +912,8 @@ struct Journal {
 #[derive(Default)]
 struct JournalState {
     updates: Vec<JobUpdate>,
+    /// Bytes of log lines in `updates`.
+    log_bytes: usize,
     closed: bool,
 }
 
@@ -915,10 +932,17 @@ impl Journal {
                 return;
             }
             let seq = state.updates.len() as u64;
+            if let UpdateKind::Log { data, .. } = &kind {
+                state.log_bytes += data.len();
+            }
             state.updates.push(JobUpdate { seq, at, kind });
             seq + 1
         };
         self.changed.send_replace(len);
+    }
+
+    fn log_bytes(&self) -> usize {
+        lock(&self.state).log_bytes
     }
 
     fn close(&self) {

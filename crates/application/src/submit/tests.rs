@@ -549,6 +549,33 @@ async fn an_evicted_journal_is_rebuilt_from_the_repository() {
 }
 
 #[tokio::test]
+async fn journals_past_the_byte_budget_are_rebuilt_and_smaller_ones_kept() {
+    let started = |budget: usize| async move {
+        let config = JobsConfig {
+            kept_journal_bytes: budget,
+            ..JobsConfig::default()
+        };
+        let setup = setup_with(config, Ok(()), Provide::Link, false);
+        run_to_end(&setup, "sh 'echo hi'").await;
+        let mut watch = setup
+            .jobs
+            .watch(&JobId::new("job-1").unwrap(), 0)
+            .await
+            .unwrap();
+        let mut updates = Vec::new();
+        while let Some(update) = watch.next().await {
+            updates.push(update);
+        }
+        // Only the journal in memory has stage events.
+        updates
+            .iter()
+            .any(|u| matches!(u.kind, UpdateKind::StageStarted { .. }))
+    };
+    assert!(started(1024).await);
+    assert!(!started(4).await);
+}
+
+#[tokio::test]
 async fn recover_fails_running_jobs_and_runs_queued_ones_again() {
     let pipeline = submission("sh 'again'").pipeline;
     let stored =
