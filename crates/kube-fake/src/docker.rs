@@ -717,11 +717,12 @@ impl PodRun<'_> {
     ) -> Result<Prepared, NotYet> {
         let pod = self.pod().ok_or(NotYet::Gone)?;
         let image = c.image.clone().unwrap_or_default();
-        if let Err(e) = self.runtime.docker.inspect_image(&image).await {
-            if status_of(&e) != Some(404) {
+        let inspected = self.runtime.docker.inspect_image(&image).await;
+        if let Err(e) = &inspected {
+            if status_of(e) != Some(404) {
                 return Err(NotYet::Waiting {
                     reason: "ErrImagePull",
-                    message: format!("inspecting image \"{image}\": {}", engine_words(&e)),
+                    message: format!("inspecting image \"{image}\": {}", engine_words(e)),
                 });
             }
             if c.image_pull_policy.as_deref() == Some("Never") {
@@ -769,6 +770,46 @@ impl PodRun<'_> {
             (None, Some(g)) => Some(format!("0:{g}")),
             (None, None) => None,
         };
+        if security.run_as_non_root.or(pod_security.run_as_non_root) == Some(true) {
+            let image_user = inspected
+                .ok()
+                .and_then(|i| i.config?.user)
+                .unwrap_or_default();
+            let which = format!(
+                "(pod: \"{}_{}({})\", container: {})",
+                self.name, self.ns, self.uid, c.name
+            );
+            let image_uid = image_user.split(':').next().unwrap_or_default();
+            let refusal = match uid {
+                Some(0) => Some(format!(
+                    "container's runAsUser breaks non-root policy {which}"
+                )),
+                Some(_) => None,
+                None if image_uid.is_empty() || image_uid == "0" || image_uid == "root" => Some(
+                    format!("container has runAsNonRoot and image will run as root {which}"),
+                ),
+                None if image_uid.parse::<i64>().is_err() => Some(format!(
+                    "container has runAsNonRoot and image has non-numeric user ({image_uid}), cannot verify user is non-root {which}"
+                )),
+                None => None,
+            };
+            if let Some(message) = refusal {
+                return Err(NotYet::Waiting {
+                    reason: "CreateContainerConfigError",
+                    message,
+                });
+            }
+        }
+        let capabilities = security.capabilities.clone().unwrap_or_default();
+        let mut groups: Vec<String> = pod_security
+            .supplemental_groups
+            .iter()
+            .flatten()
+            .map(ToString::to_string)
+            .collect();
+        if let Some(fs_group) = pod_security.fs_group {
+            groups.push(fs_group.to_string());
+        }
         let limits = c
             .resources
             .as_ref()
@@ -809,6 +850,13 @@ impl PodRun<'_> {
                 memory,
                 memory_swap: memory,
                 nano_cpus,
+                cap_add: capabilities.add.filter(|c| !c.is_empty()),
+                cap_drop: capabilities.drop.filter(|c| !c.is_empty()),
+                privileged: security.privileged,
+                readonly_rootfs: security.read_only_root_filesystem,
+                security_opt: (security.allow_privilege_escalation == Some(false))
+                    .then(|| vec!["no-new-privileges".to_owned()]),
+                group_add: (!groups.is_empty()).then_some(groups),
                 ..Default::default()
             }),
             ..Default::default()

@@ -221,7 +221,8 @@ pub struct FakeKube {
 }
 
 impl FakeKube {
-    /// Starts a server with the manual kubelet on `127.0.0.1:0`.
+    /// Starts a server with the manual kubelet on `127.0.0.1:0`. Must be
+    /// called inside a tokio runtime (any flavour), which serves it.
     ///
     /// # Errors
     /// The port cannot be bound.

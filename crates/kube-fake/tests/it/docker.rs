@@ -129,22 +129,27 @@ fn an_init_container_copies_the_worker_and_the_main_container_runs() {
             .await
             .expect("created");
         let mount = json!([{"name": "bin", "mountPath": "/hodei/bin"}]);
+        // Non-root as a hardened pod is: the init container runs as the
+        // pod's user without capabilities, the main one as its own user.
+        let locked = json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
         let spec = pod_from(json!({
             "metadata": {"name": "runs", "labels": {"app": "hodei"}},
             "spec": {
                 "restartPolicy": "Never",
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "fsGroup": 1000},
                 "volumes": [{"name": "bin", "emptyDir": {}}],
                 "initContainers": [{
                     "name": "install", "image": "hodei/worker:test",
-                    "command": ["cp", "/usr/local/bin/hodei-worker", "/hodei/bin/hodei-worker"],
-                    "volumeMounts": mount
+                    "command": ["sh", "-c", "cp /usr/local/bin/hodei-worker /hodei/bin/hodei-worker && id -u"],
+                    "volumeMounts": mount,
+                    "securityContext": locked
                 }],
                 "containers": [{
                     "name": "main", "image": "hodei/worker:test-alt",
                     "command": ["sh", "-c"],
                     "args": ["test -x /hodei/bin/hodei-worker && echo hi; echo $(GREETING) $SECRET; id -u; pwd; exit 3"],
                     "workingDir": "/tmp",
-                    "securityContext": {"runAsUser": 65534, "runAsGroup": 65534},
+                    "securityContext": {"runAsUser": 65534, "runAsGroup": 65534, "capabilities": {"drop": ["ALL"]}},
                     "env": [
                         {"name": "GREETING", "value": "hello"},
                         {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "token", "key": "value"}}}
@@ -195,6 +200,17 @@ fn an_init_container_copies_the_worker_and_the_main_container_runs() {
             .await
             .expect("logs");
         assert_eq!(logs, "hi\nhello from-a-secret\n65534\n/tmp\n");
+        let init_logs = pods
+            .logs(
+                "runs",
+                &LogParams {
+                    container: Some("install".to_owned()),
+                    ..LogParams::default()
+                },
+            )
+            .await
+            .expect("logs");
+        assert_eq!(init_logs, "1000\n");
         assert_eq!(
             docker_ps(&ns, "runs").len(),
             2,
@@ -367,5 +383,40 @@ fn the_active_deadline_fails_a_running_pod_and_shutdown_cleans_up() {
         // Shutdown removes what a test forgot to delete.
         fake.shutdown().await;
         assert!(docker_ps(&ns, "slow").is_empty());
+    });
+}
+
+#[test]
+fn run_as_non_root_refuses_an_image_that_runs_as_root() {
+    run(async {
+        let ns = namespace();
+        let Some((fake, _client, pods)) = docker_fake(&ns).await else {
+            return;
+        };
+        let spec = pod_from(json!({
+            "metadata": {"name": "rooted"},
+            "spec": {
+                "restartPolicy": "Never",
+                "securityContext": {"runAsNonRoot": true},
+                "containers": [{"name": "main", "image": "hodei/worker:test", "command": ["true"]}]
+            }
+        }));
+        let created = pods
+            .create(&PostParams::default(), &spec)
+            .await
+            .expect("created");
+        let uid = created.metadata.uid.expect("a uid");
+        let refused = until(&pods, "rooted", |p| {
+            waiting_reason(p, "main").is_some_and(|w| w.0 == "CreateContainerConfigError")
+        })
+        .await;
+        assert_eq!(
+            waiting_reason(&refused, "main").map(|w| w.1),
+            Some(format!(
+                "container has runAsNonRoot and image will run as root (pod: \"rooted_{ns}({uid})\", container: main)"
+            ))
+        );
+        assert!(docker_ps(&ns, "rooted").is_empty());
+        fake.shutdown().await;
     });
 }
