@@ -425,6 +425,39 @@ impl FakeKube {
         });
     }
 
+    /// Waits until `done` holds, checking it now and after every change of
+    /// the objects (no polling), and returns its value. Wrap it in a
+    /// timeout: it waits for as long as it takes.
+    pub async fn wait_for<T>(&self, mut done: impl FnMut(&FakeKube) -> Option<T>) -> T {
+        let mut changed = self.shared().changed.subscribe();
+        loop {
+            changed.borrow_and_update();
+            if let Some(value) = done(self) {
+                return value;
+            }
+            if changed.changed().await.is_err() {
+                // The fake is gone; nothing will change any more.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Waits until the pod `namespace/name` satisfies `ready` (it is given
+    /// `None` while there is no such pod) and returns the pod then (`None`
+    /// if `ready` accepted its absence). See [`FakeKube::wait_for`].
+    pub async fn wait_for_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        ready: impl Fn(Option<&Pod>) -> bool,
+    ) -> Option<Pod> {
+        self.wait_for(|fake| {
+            let pod = fake.pod(namespace, name);
+            ready(pod.as_ref()).then_some(pod)
+        })
+        .await
+    }
+
     /// The latest `resourceVersion`.
     pub fn resource_version(&self) -> u64 {
         self.shared().read(Store::resource_version)

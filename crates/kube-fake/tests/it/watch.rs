@@ -330,3 +330,89 @@ fn kube_runtime_watcher_with_streaming_lists() {
         fake.shutdown().await;
     });
 }
+
+#[test]
+fn kube_runtime_watcher_relists_after_410_expired() {
+    run(async {
+        let options = FakeOptions {
+            history: 3,
+            ..FakeOptions::default()
+        };
+        let (fake, _client, pods) = start_with(options, "ci").await;
+        for name in ["a", "b"] {
+            pods.create(&PostParams::default(), &pod(name, &[]))
+                .await
+                .expect("created");
+        }
+        let mut stream =
+            Box::pin(watcher(pods.clone(), watcher::Config::default()).default_backoff());
+        let mut seen = Vec::new();
+        watch_until(&mut stream, &mut seen, |s| {
+            s.iter().any(|e| e.0 == "InitDone")
+        })
+        .await;
+        fake.set_outage(true);
+        loop {
+            if stream.next().await.expect("the watcher goes on").is_err() {
+                break;
+            }
+        }
+        // More changes than the history keeps happen while it is away.
+        for phase in ["Running", "Succeeded"] {
+            fake.set_pod_phase("ci", "a", phase);
+            fake.set_pod_phase("ci", "b", phase);
+        }
+        fake.set_outage(false);
+        // Its watch from the old version is expired: it lists again.
+        seen.clear();
+        watch_until(&mut stream, &mut seen, |s| {
+            s.iter().any(|e| e.0 == "InitDone")
+        })
+        .await;
+        assert_eq!(
+            seen,
+            [
+                ev("Init", "", ""),
+                ev("InitApply", "a", "Succeeded"),
+                ev("InitApply", "b", "Succeeded"),
+                ev("InitDone", "", "")
+            ]
+            .map(Option::unwrap)
+        );
+        let lists = fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "GET" && !r.is_watch())
+            .count();
+        assert_eq!(lists, 2, "the first list and the relist");
+        fake.shutdown().await;
+    });
+}
+
+#[test]
+fn waiting_for_a_pod_follows_the_changes() {
+    run(async {
+        let (fake, _client, pods) = start("ci").await;
+        let waiter = {
+            let fake = fake.clone();
+            tokio::spawn(async move {
+                fake.wait_for_pod("ci", "late", |p| p.is_some_and(|p| phase(p) == "Running"))
+                    .await
+            })
+        };
+        pods.create(&PostParams::default(), &pod("late", &[]))
+            .await
+            .expect("created");
+        fake.set_running("ci", "late");
+        let running = waiter.await.expect("the waiter ends").expect("the pod");
+        assert_eq!(phase(&running), "Running");
+        pods.delete("late", &DeleteParams::default())
+            .await
+            .expect("deleted");
+        let gone = fake.wait_for_pod("ci", "late", |p| p.is_none()).await;
+        assert!(gone.is_none());
+        let count = fake.wait_for(|f| Some(f.pods("ci").len())).await;
+        assert_eq!(count, 0);
+        fake.shutdown().await;
+    });
+}
