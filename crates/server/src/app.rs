@@ -66,10 +66,12 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::config::{Backend, Settings, StoreKind};
 use crate::grpc::{
-    AdminServiceImpl, HubConfig, JobServiceImpl, RegisteringOrchestrator, StaticWorkers, WorkerHub,
+    AdminServiceImpl, HubConfig, JobServiceImpl, RegisteringOrchestrator, RequireBearer,
+    StaticWorkers, WorkerHub,
 };
 use crate::http::{self, HttpState, Metrics, MetricsPublisher};
 
@@ -304,13 +306,16 @@ impl Server {
 
         let stop = CancellationToken::new();
         let grpc_serving = Arc::new(AtomicBool::new(false));
+        // Workers authenticate in `Hello`; clients with the bearer token.
+        let client_auth = RequireBearer::new(settings.client_token.clone());
         let grpc = tonic::transport::Server::builder()
             .add_service(hub.service())
-            .add_service(
+            .add_service(InterceptedService::new(
                 JobServiceImpl::new(jobs.clone(), job_store, settings.max_source_bytes)
                     .into_service(),
-            )
-            .add_service(
+                client_auth.clone(),
+            ))
+            .add_service(InterceptedService::new(
                 AdminServiceImpl::new(
                     workers.clone(),
                     templates,
@@ -318,7 +323,8 @@ impl Server {
                     orchestrator.backend(),
                 )
                 .into_service(),
-            );
+                client_auth,
+            ));
         let grpc_stop = stop.clone();
         let serving = grpc_serving.clone();
         let mut tasks = vec![tokio::spawn(async move {

@@ -31,6 +31,7 @@
 //! kubernetes_burst = 40                           # HODEI_KUBERNETES_BURST (requests allowed at once above the rate)
 //! kubernetes_run_as_user = 1000                   # HODEI_KUBERNETES_RUN_AS_USER (run worker pods as this non-root user; unset: the image's user)
 //! kubernetes_advertise_host = "hodei.hodei-system" # HODEI_KUBERNETES_ADVERTISE_HOST (the host pods dial; unset: advertise_host)
+//! client_token = "change-me-too"    # HODEI_CLIENT_TOKEN (bearer token JobService and AdminService require; unset: open)
 //! ```
 //!
 //! A bad value is an error naming the key (and, for the file, its line).
@@ -289,6 +290,10 @@ pub struct Settings {
     /// Kubernetes backend: the host worker pods dial (the server's Service
     /// name); unset: `advertise_host`.
     pub kubernetes_advertise_host: Option<String>,
+    /// The bearer token clients (`hodei run --server`, `hodei jobs`,
+    /// `hodei workers`, other programs) must send to `JobService` and
+    /// `AdminService`. None (the default): those services are open.
+    pub client_token: Option<Secret>,
 }
 
 /// A Kubernetes `imagePullPolicy`.
@@ -357,6 +362,7 @@ impl Default for Settings {
             kubernetes_burst: 40,
             kubernetes_run_as_user: None,
             kubernetes_advertise_host: None,
+            client_token: None,
         }
     }
 }
@@ -551,6 +557,11 @@ impl Settings {
             Secret::new(s).ok_or_else(|| "expected a non-empty secret".to_owned())
         })? {
             self.static_worker_token = Some(v);
+        }
+        if let Some(v) = get(&lookup, "HODEI_CLIENT_TOKEN", |s: &str| {
+            Secret::new(s).ok_or_else(|| "expected a non-empty secret".to_owned())
+        })? {
+            self.client_token = Some(v);
         }
         Ok(())
     }
@@ -789,6 +800,7 @@ mod tests {
             " ",
             "expected a non-empty secret",
         );
+        check("HODEI_CLIENT_TOKEN", "", "expected a non-empty secret");
     }
 
     #[test]
@@ -816,5 +828,23 @@ mod tests {
         let err = Settings::from_toml("static_worker_token = \"\"\n").unwrap_err();
         assert!(err.contains("expected a non-empty secret"), "{err}");
         assert_eq!(format!("{}", Secret::new("x").unwrap()), "****");
+    }
+
+    #[test]
+    fn the_client_token_is_read_but_never_printed() {
+        let mut s = Settings::from_toml("client_token = \"cl1ent-file\"\n").unwrap();
+        assert_eq!(
+            s.client_token.as_ref().map(Secret::expose),
+            Some("cl1ent-file")
+        );
+        s.apply_env(env(&[("HODEI_CLIENT_TOKEN", "cl1ent-env")]))
+            .unwrap();
+        assert_eq!(
+            s.client_token.as_ref().map(Secret::expose),
+            Some("cl1ent-env")
+        );
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("cl1ent"), "{printed}");
+        assert!(printed.contains("client_token: Some(****)"), "{printed}");
     }
 }

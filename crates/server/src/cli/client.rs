@@ -13,6 +13,9 @@ use hodei_proto::v1::admin_service_client::AdminServiceClient;
 use hodei_proto::v1::job_event::Kind;
 use hodei_proto::v1::job_service_client::JobServiceClient;
 use hodei_proto::v1::{JobEvent, JobStatus, LogStream, StageEventKind, StageResult};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 /// The server `--server` defaults to when `HODEI_SERVER` is not set.
@@ -30,23 +33,79 @@ pub struct ServerArg {
         value_name = "URL"
     )]
     pub server: String,
+    #[command(flatten)]
+    pub token: TokenArg,
 }
+
+/// The `--token` flag: the bearer token of a server with `client_token`.
+#[derive(Clone, clap::Args)]
+pub struct TokenArg {
+    /// The bearer token the server requires (its client_token)
+    #[arg(long, global = true, env = "HODEI_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for TokenArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.token.is_some() { "TokenArg(****)" } else { "TokenArg(None)" })
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call when a token is set.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(****)")
+    }
+}
+
+impl BearerToken {
+    /// The header for `token`.
+    ///
+    /// # Errors
+    /// When the token is not printable ASCII (the value is not repeated).
+    pub fn new(token: Option<&str>) -> anyhow::Result<Self> {
+        match token.map(str::trim).filter(|t| !t.is_empty()) {
+            None => Ok(BearerToken(None)),
+            Some(token) => format!("Bearer {token}")
+                .parse::<MetadataValue<Ascii>>()
+                .map(|v| BearerToken(Some(v)))
+                .map_err(|_| anyhow::anyhow!("--token (HODEI_TOKEN): expected printable ASCII")),
+        }
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel that sends the bearer token with every call.
+pub type AuthChannel = InterceptedService<Channel, BearerToken>;
 
 /// A connection to one server, with its address kept for error messages.
 #[derive(Debug, Clone)]
 pub struct Client {
     url: String,
     channel: Channel,
+    token: BearerToken,
 }
 
 impl Client {
     /// Connects to `url` (`http://host:port`; `host:port` is taken as
-    /// `http://host:port`).
+    /// `http://host:port`), sending `token` as the bearer token.
     ///
     /// # Errors
     /// `cannot reach the Hodei server at URL: ...` when the address is bad
-    /// or nothing answers there.
-    pub async fn connect(url: &str) -> anyhow::Result<Client> {
+    /// or nothing answers there; a token that cannot be sent.
+    pub async fn connect(url: &str, token: Option<&str>) -> anyhow::Result<Client> {
+        let token = BearerToken::new(token)?;
         let url = normalize_url(url);
         let endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| anyhow::anyhow!("cannot reach the Hodei server at {url}: {e}"))?
@@ -55,19 +114,23 @@ impl Client {
             .connect()
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach the Hodei server at {url}: {}", root(&e)))?;
-        Ok(Client { url, channel })
+        Ok(Client {
+            url,
+            channel,
+            token,
+        })
     }
 
     /// A `JobService` client on this connection.
-    pub fn jobs(&self) -> JobServiceClient<Channel> {
-        JobServiceClient::new(self.channel.clone())
+    pub fn jobs(&self) -> JobServiceClient<AuthChannel> {
+        JobServiceClient::with_interceptor(self.channel.clone(), self.token.clone())
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024)
     }
 
     /// An `AdminService` client on this connection.
-    pub fn admin(&self) -> AdminServiceClient<Channel> {
-        AdminServiceClient::new(self.channel.clone())
+    pub fn admin(&self) -> AdminServiceClient<AuthChannel> {
+        AdminServiceClient::with_interceptor(self.channel.clone(), self.token.clone())
     }
 
     /// Turns a failed call into an error naming the server when it could
@@ -76,6 +139,11 @@ impl Client {
         match status.code() {
             tonic::Code::Unavailable => anyhow::anyhow!(
                 "cannot reach the Hodei server at {}: {}",
+                self.url,
+                status.message()
+            ),
+            tonic::Code::Unauthenticated => anyhow::anyhow!(
+                "{what}: the Hodei server at {} refused the call: {}",
                 self.url,
                 status.message()
             ),

@@ -81,7 +81,7 @@ fn parse_status(text: &str) -> Result<JobStatus, String> {
 
 /// Runs `hodei jobs`.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let client = Client::connect(&args.server.server).await?;
+    let client = Client::connect(&args.server.server, args.server.token.token.as_deref()).await?;
     match args.command {
         JobsCommand::List { status, limit } => list(&client, status, limit).await,
         JobsCommand::Show { id } => show(&client, &id).await,

@@ -25,7 +25,9 @@ use hodei_server::config::{Backend, Settings, StoreKind};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_stream::StreamExt;
 
-use super::client::{Client, LogPrinter, Seen, format_duration, parse_pair, status_word};
+use super::client::{
+    Client, LogPrinter, Seen, TokenArg, format_duration, parse_pair, status_word,
+};
 use super::lint::{Source, read_source};
 
 /// Chunk size of the source archive in the `Submit` stream.
@@ -54,6 +56,8 @@ pub struct Args {
     /// A running Hodei server's gRPC address [default: an embedded server]
     #[arg(long, env = "HODEI_SERVER", value_name = "URL")]
     server: Option<String>,
+    #[command(flatten)]
+    token: TokenArg,
     /// The embedded server's backend: `local`, or `docker` (workers in containers, with the static hodei-worker of HODEI_WORKER_BINARY) [default: local]
     #[arg(long, value_name = "BACKEND")]
     backend: Option<Backend>,
@@ -141,10 +145,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     // 4. A server.
     let (client, embedded) = match &args.server {
-        Some(url) => (Client::connect(url).await?, None),
+        Some(url) => (Client::connect(url, args.token.token.as_deref()).await?, None),
         None => {
+            // Only this process talks to the embedded server.
+            settings.client_token = None;
             let embedded = Embedded::start(settings).await?;
-            let client = Client::connect(&embedded.handle.grpc_url()).await?;
+            let client = Client::connect(&embedded.handle.grpc_url(), None).await?;
             (client, Some(embedded))
         }
     };

@@ -29,7 +29,7 @@ enum WorkersCommand {
 
 /// Runs `hodei workers`.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let client = Client::connect(&args.server.server).await?;
+    let client = Client::connect(&args.server.server, args.server.token.token.as_deref()).await?;
     match args.command {
         WorkersCommand::List => list(&client).await,
     }

@@ -7,6 +7,7 @@ mod e2e;
 mod manifests;
 mod pipeline;
 mod restart;
+mod security;
 mod static_workers;
 mod support;
 mod templates;
