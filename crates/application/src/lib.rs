@@ -9,6 +9,7 @@ pub mod events;
 pub mod id_generator;
 pub mod jobs;
 pub mod manager;
+pub mod mask;
 pub mod orchestrator;
 pub mod provider;
 pub mod runner;
