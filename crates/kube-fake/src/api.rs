@@ -94,6 +94,25 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     })
 }
 
+/// Refuses a body (or patch result) that is not a JSON object.
+fn require_object(value: Value, kind: Kind) -> Result<Value, ApiError> {
+    if value.is_object() {
+        return Ok(value);
+    }
+    let found = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    Err(ApiError::bad_request(format!(
+        "{0} in version \"v1\" cannot be handled as a {0}: expected a JSON object, found {found}",
+        kind.kind()
+    )))
+}
+
 fn name_of(object: &Value) -> &str {
     object
         .pointer("/metadata/name")
@@ -305,7 +324,7 @@ impl Call<'_> {
     }
 
     fn create(&self, kind: Kind, ns: &str) -> Result<Response, ApiError> {
-        let body = parse_json(self.body)?;
+        let body = require_object(parse_json(self.body)?, kind)?;
         check_type(&body, kind)?;
         let mut meta: ObjectMeta = match body.get("metadata") {
             Some(m) => typed(m, kind)?,
@@ -427,7 +446,7 @@ impl Call<'_> {
             let Some(current) = store.get(kind, ns, name) else {
                 return Err(ApiError::not_found(kind, name));
             };
-            let mut new = match patch_type {
+            let new = match patch_type {
                 None => {
                     check_type(&body, kind)?;
                     body.clone()
@@ -446,6 +465,7 @@ impl Call<'_> {
                     target
                 }
             };
+            let mut new = require_object(new, kind)?;
             let stated = name_of(&new);
             if !stated.is_empty() && stated != name {
                 return Err(ApiError::bad_request(format!(

@@ -6,14 +6,21 @@
 //! their mount paths; init containers one after another, then the main
 //! containers together, each from its image, `command`/`args` (with
 //! `$(VAR)` expansion), environment (values, `secretKeyRef`, `fieldRef`,
-//! `envFrom` secrets), working directory, `runAsUser`/`runAsGroup`, memory
-//! and cpu limits, on the configured network. An image the engine does not
-//! have cannot be pulled: the container waits in `ErrImagePull` /
-//! `ImagePullBackOff` and the pod stays `Pending`, as with an image that
-//! does not exist. A missing secret or key waits in
-//! `CreateContainerConfigError`. `activeDeadlineSeconds` kills the pod
-//! (`DeadlineExceeded`). Deleting a pod stops and removes its containers
-//! and directories, then the pod is gone.
+//! `envFrom` secrets), working directory, security context (`runAsUser`,
+//! `runAsGroup`, `fsGroup`, `runAsNonRoot` checked against the image's
+//! user, capabilities, `allowPrivilegeEscalation`, `privileged`,
+//! `readOnlyRootFilesystem`), memory and cpu limits, on the configured
+//! network.
+//!
+//! Nothing is ever pulled: whatever `imagePullPolicy` says, a local image
+//! is used, and for an image the engine does not have the container waits
+//! in `ErrImagePull` / `ImagePullBackOff` and the pod stays `Pending`, as
+//! with an image that does not exist. A missing secret or key waits in
+//! `CreateContainerConfigError` until it exists. `restartPolicy` is
+//! honoured (`CrashLoopBackOff` with back-off). `activeDeadlineSeconds`
+//! kills the pod (`DeadlineExceeded`). Deleting a pod stops its
+//! containers (SIGTERM, then SIGKILL after the grace period), removes them
+//! and its directories, then the pod is gone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

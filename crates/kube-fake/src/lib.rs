@@ -22,6 +22,33 @@
 //! containers carry [`POD_LABEL`] and [`INSTANCE_LABEL`] and
 //! [`FakeKube::docker_containers`] lists the ones left.
 //!
+//! With the Docker kubelet, a pod created through the API runs, and the
+//! test waits for what it expects without polling:
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use hodei_kube_fake::{DockerKubelet, FakeKube, FakeOptions, Kubelet};
+//!
+//! let fake = FakeKube::start_with(FakeOptions {
+//!     kubelet: Kubelet::Docker(DockerKubelet::default()),
+//!     ..FakeOptions::default()
+//! })
+//! .await?;
+//! // ... the code under test creates pod "worker-1" in "ci" ...
+//! let done = |p: Option<&k8s_openapi::api::core::v1::Pod>| {
+//!     p.and_then(|p| p.status.as_ref()?.phase.as_deref())
+//!         .is_some_and(|phase| phase == "Succeeded" || phase == "Failed")
+//! };
+//! let finished = fake.wait_for_pod("ci", "worker-1", done).await;
+//! assert!(finished.is_some());
+//! // ... the code under test deletes it ...
+//! fake.wait_for_pod("ci", "worker-1", |p| p.is_none()).await;
+//! assert!(fake.docker_containers().await.is_empty());
+//! fake.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! It knows nothing of Hodei: it is a small API server, not a mock of a
 //! client.
 //!

@@ -420,3 +420,30 @@ fn run_as_non_root_refuses_an_image_that_runs_as_root() {
         fake.shutdown().await;
     });
 }
+
+#[test]
+fn dropping_the_fake_removes_its_containers() {
+    run(async {
+        let ns = namespace();
+        let Some((fake, _client, pods)) = docker_fake(&ns).await else {
+            return;
+        };
+        let spec = pod_from(json!({
+            "metadata": {"name": "left"},
+            "spec": {"restartPolicy": "Never", "containers": [{
+                "name": "main", "image": "hodei/worker:test", "command": ["sleep", "300"]
+            }]}
+        }));
+        pods.create(&PostParams::default(), &spec)
+            .await
+            .expect("created");
+        until(&pods, "left", |p| phase(p) == "Running").await;
+        assert_eq!(docker_ps(&ns, "left").len(), 1);
+        drop(pods);
+        drop(fake);
+        assert!(
+            docker_ps(&ns, "left").is_empty(),
+            "drop removes what shutdown would"
+        );
+    });
+}

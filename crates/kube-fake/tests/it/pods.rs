@@ -668,3 +668,68 @@ fn logs_of_a_container_with_tail_lines() {
         fake.shutdown().await;
     });
 }
+
+#[test]
+fn bad_bodies_get_a_status_and_never_break_the_server() {
+    run(async {
+        let (fake, client, pods) = start("ci").await;
+        pods.create(&PostParams::default(), &pod("p", &[]))
+            .await
+            .expect("created");
+        let collection = "/api/v1/namespaces/ci/pods";
+        let item = "/api/v1/namespaces/ci/pods/p";
+        let bodies = [
+            "[]",
+            "\"x\"",
+            "1",
+            "null",
+            "true",
+            "{\"metadata\": []}",
+            "{\"metadata\": {\"name\": 5}}",
+            "{\"metadata\": {\"name\": \"p\"}, \"spec\": {\"containers\": [null]}}",
+            "{\"kind\": \"Secret\", \"metadata\": {\"name\": \"p\"}}",
+            "{\"apiVersion\": \"v2\"}",
+            "\u{0}",
+        ];
+        let calls = [
+            (Method::POST, collection, "application/json"),
+            (Method::PUT, item, "application/json"),
+            (Method::PATCH, item, "application/merge-patch+json"),
+            (
+                Method::PATCH,
+                item,
+                "application/strategic-merge-patch+json",
+            ),
+            (Method::PATCH, item, "application/json-patch+json"),
+            (
+                Method::PUT,
+                "/api/v1/namespaces/ci/pods/p/status",
+                "application/json",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/ci/pods/nope",
+                "application/json",
+            ),
+        ];
+        for (method, path, content_type) in calls {
+            for body in bodies {
+                let (code, answer) = raw(&client, method.clone(), path, content_type, body).await;
+                // Each either works (a patch that replaces nothing) or is
+                // refused with a Status; the server answers either way.
+                if code >= 400 {
+                    assert_eq!(answer["kind"], "Status", "{method} {path} {body}: {answer}");
+                    assert!(
+                        (400..500).contains(&code),
+                        "{method} {path} {body}: {code} {answer}"
+                    );
+                }
+            }
+        }
+        // The server still answers and the pod is still a pod.
+        let p = pods.get("p").await.expect("got");
+        assert_eq!(p.metadata.name.as_deref(), Some("p"));
+        assert!(fake.pod("ci", "p").is_some());
+        fake.shutdown().await;
+    });
+}
