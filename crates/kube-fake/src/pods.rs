@@ -305,11 +305,27 @@ pub(crate) fn mark_running(status: &mut PodStatus) {
     for kind in [
         "PodReadyToStartContainers",
         "Initialized",
-        "ContainersReady",
         "Ready",
+        "ContainersReady",
         "PodScheduled",
     ] {
         set_condition(status, kind, "True", None, None);
+    }
+    // In the order a kubelet lists them.
+    let order = |t: &str| {
+        [
+            "PodReadyToStartContainers",
+            "Initialized",
+            "Ready",
+            "ContainersReady",
+            "PodScheduled",
+        ]
+        .iter()
+        .position(|k| *k == t)
+        .unwrap_or(usize::MAX)
+    };
+    if let Some(conditions) = status.conditions.as_mut() {
+        conditions.sort_by_key(|c| order(&c.type_));
     }
 }
 
@@ -366,7 +382,16 @@ pub(crate) fn set_terminated(
         .container_id
         .clone()
         .unwrap_or_else(|| format!("kube-fake://{uid}/{container}"));
-    let exit = terminated_state(exit_code, reason, Some(message), &container_id);
+    let mut exit = terminated_state(exit_code, reason, Some(message), &container_id);
+    // It ran from when it started, if it was seen running.
+    if let Some(started) = s
+        .state
+        .as_ref()
+        .and_then(|st| st.running.as_ref()?.started_at.clone())
+        && let Some(t) = exit.terminated.as_mut()
+    {
+        t.started_at = Some(started);
+    }
     let restarts = match restart_policy.as_str() {
         "Always" => !init || exit_code != 0,
         "OnFailure" => exit_code != 0,
