@@ -128,6 +128,11 @@ fn the_kubeconfig_points_a_client_here() {
         .expect("a config");
         assert_eq!(config.default_namespace, "ci");
         let client = kube::Client::try_from(config).expect("a client");
+        let version = client.apiserver_version().await.expect("a version");
+        assert_eq!(
+            (version.major.as_str(), version.git_version.as_str()),
+            ("1", "v1.34.0-kube-fake")
+        );
         let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
             kube::Api::default_namespaced(client);
         assert_eq!(
