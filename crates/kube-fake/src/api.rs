@@ -587,6 +587,7 @@ impl Call<'_> {
                 .pointer("/preconditions/resourceVersion")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            graceful_manual: self.shared.options.graceful_manual_deletion,
             dry_run: self.query.contains_key("dryRun")
                 || body.get("dryRun").is_some_and(|d| !d.is_null()),
         })
@@ -751,6 +752,8 @@ struct DeleteOptions {
     uid: Option<String>,
     resource_version: Option<String>,
     dry_run: bool,
+    /// The manual kubelet leaves deleted pods terminating.
+    graceful_manual: bool,
 }
 
 /// Deletes one object. A pod the Docker kubelet runs is only marked
@@ -795,9 +798,7 @@ fn delete_one(
     if options.dry_run {
         return Ok((*current).clone());
     }
-    if kind == Kind::Pod
-        && let Some(kubelet) = kubelet
-    {
+    if kind == Kind::Pod && (kubelet.is_some() || options.graceful_manual) {
         let grace = options
             .grace
             .or_else(|| {
@@ -807,7 +808,9 @@ fn delete_one(
             })
             .unwrap_or(30)
             .max(0);
-        kubelet.stop(uid, grace);
+        if let Some(kubelet) = kubelet {
+            kubelet.stop(uid, grace);
+        }
         if grace > 0 {
             if current.pointer("/metadata/deletionTimestamp").is_some() {
                 return Ok((*current).clone());

@@ -116,6 +116,12 @@ pub struct FakeOptions {
     pub bookmark_interval: Option<Duration>,
     /// The node every pod is bound to. Default `kube-fake`.
     pub node_name: String,
+    /// With the manual kubelet, a pod deleted with a grace period above 0
+    /// stays, terminating (`deletionTimestamp` and
+    /// `deletionGracePeriodSeconds` set, a `MODIFIED` event), as a real
+    /// kubelet leaves it while its containers stop, until
+    /// [`FakeKube::finish_deletion`]. Default `false`: it is gone at once.
+    pub graceful_manual_deletion: bool,
 }
 
 impl Default for FakeOptions {
@@ -125,6 +131,7 @@ impl Default for FakeOptions {
             history: 1000,
             bookmark_interval: Some(Duration::from_secs(10)),
             node_name: "kube-fake".to_owned(),
+            graceful_manual_deletion: false,
         }
     }
 }
@@ -483,6 +490,14 @@ impl FakeKube {
             ready(pod.as_ref()).then_some(pod)
         })
         .await
+    }
+
+    /// Removes a pod now (a `DELETED` event), as a kubelet confirms a
+    /// terminating pod is gone; see [`FakeOptions::graceful_manual_deletion`].
+    /// Returns whether the pod existed.
+    pub fn finish_deletion(&self, namespace: &str, name: &str) -> bool {
+        self.shared()
+            .mutate(|store| store.remove(Kind::Pod, namespace, name).is_some())
     }
 
     /// The latest `resourceVersion`.

@@ -733,3 +733,45 @@ fn bad_bodies_get_a_status_and_never_break_the_server() {
         fake.shutdown().await;
     });
 }
+
+#[test]
+fn graceful_manual_deletion_leaves_the_pod_terminating() {
+    run(async {
+        let options = hodei_kube_fake::FakeOptions {
+            graceful_manual_deletion: true,
+            ..hodei_kube_fake::FakeOptions::default()
+        };
+        let (fake, _client, pods) = crate::support::start_with(options, "ci").await;
+        pods.create(&PostParams::default(), &pod("p", &[]))
+            .await
+            .expect("created");
+        let terminating = pods
+            .delete("p", &DeleteParams::default().grace_period(7))
+            .await
+            .expect("deleted")
+            .left()
+            .expect("the pod");
+        assert!(terminating.metadata.deletion_timestamp.is_some());
+        assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(7));
+        assert_eq!(pods.get("p").await.expect("still there"), terminating);
+        // Deleting again changes nothing; a new pod of that name waits.
+        let again = pods
+            .delete("p", &DeleteParams::default())
+            .await
+            .expect("deleted");
+        assert_eq!(again.left().expect("the pod"), terminating);
+        let taken = status_of(pods.create(&PostParams::default(), &pod("p", &[])).await);
+        assert_eq!(taken.code, 409);
+        assert!(fake.finish_deletion("ci", "p"));
+        assert_eq!(status_of(pods.get("p").await).code, 404);
+        // Grace period 0 is immediate.
+        pods.create(&PostParams::default(), &pod("q", &[]))
+            .await
+            .expect("created");
+        pods.delete("q", &DeleteParams::default().grace_period(0))
+            .await
+            .expect("deleted");
+        assert!(fake.pod("ci", "q").is_none());
+        fake.shutdown().await;
+    });
+}
