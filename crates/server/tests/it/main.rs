@@ -4,6 +4,7 @@ mod cli_run;
 mod cli_server;
 mod docker;
 mod e2e;
+mod kubernetes;
 mod manifests;
 mod pipeline;
 mod restart;
