@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,12 +27,13 @@ use hodei_domain::{
 use hodei_infrastructure::kubernetes::{
     ClientSource, KubernetesConfig, KubernetesOrchestrator, pod_name,
 };
-use hodei_kube_fake::FakeKube;
+use hodei_kube_fake::{DockerKubelet, FakeKube, FakeOptions, Kubelet};
 use hodei_proto::v1 as pb;
-use hodei_server::config::{Backend, Settings};
+use hodei_server::config::{Backend, PullPolicy, Settings};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ObjectMeta, PostParams};
 
+use crate::cli_run::root;
 use crate::support::{TestServer, run, source, start_with, submit, watch};
 
 const NS: &str = "hodei-workers";
@@ -670,6 +672,85 @@ fn many_workers_at_once_never_exceed_the_configured_qps() {
             .max()
             .unwrap();
         assert!(most <= 5 + 20 + 1, "{most} requests in one second");
+        fake.shutdown().await;
+    });
+}
+
+/// Whether the Docker engine and the two test images are there; otherwise
+/// prints why (or fails under `CI=true`).
+fn docker_images_ready() -> bool {
+    let missing = |reason: String| {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "docker tests are required under CI=true: {reason}"
+        );
+        eprintln!("skipping kubernetes docker test: {reason}");
+        false
+    };
+    match Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+    {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            return missing(format!(
+                "no docker engine answers: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Err(e) => return missing(format!("no docker client: {e}")),
+    }
+    for image in ["hodei/worker:test", "hodei/worker:test-alt"] {
+        let found = Command::new("docker")
+            .args(["image", "inspect", image])
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if !found {
+            return missing(format!(
+                "image {image} missing (run scripts/build-test-image.sh)"
+            ));
+        }
+    }
+    true
+}
+
+#[test]
+fn examples_hello_runs_in_real_containers_from_the_pod_spec() {
+    if !docker_images_ready() {
+        return;
+    }
+    run(async {
+        let fake = FakeKube::start_with(FakeOptions {
+            kubelet: Kubelet::Docker(DockerKubelet::default()),
+            ..FakeOptions::default()
+        })
+        .await
+        .expect("the fake starts with its docker kubelet");
+        let (server, _dir) = start_server(&fake, "hodei/worker:test-alt", |s| {
+            s.kubernetes_worker_image = "hodei/worker:test".to_owned();
+            s.kubernetes_image_pull_policy = Some(PullPolicy::IfNotPresent);
+        })
+        .await;
+        let mut jobs = server.jobs().await;
+        let pipeline = std::fs::read_to_string(root().join("examples/hello/Jenkinsfile"))
+            .expect("examples/hello/Jenkinsfile");
+        let job = submit(&mut jobs, &pipeline, Vec::new())
+            .await
+            .expect("the job is accepted");
+        let pod = pod_of(&fake, &job).await;
+        let worker = label(&pod, LABEL_WORKER_ID).unwrap().to_owned();
+        let watched = watch(&mut jobs, &job, 0).await;
+        assert_eq!(
+            watched.status.as_ref().map(|(s, _)| *s),
+            Some(pb::JobStatus::Success),
+            "{watched:#?}"
+        );
+        assert!(watched.has_line("Hello from Hodei"), "{watched:#?}");
+        assert!(watched.has_line("running on Linux"), "{watched:#?}");
+        assert_gone(&fake, &worker).await;
+        server.stop().await;
+        let left = fake.docker_containers().await;
+        assert!(left.is_empty(), "containers left: {left:?}");
         fake.shutdown().await;
     });
 }
