@@ -703,6 +703,17 @@ impl WorkerOrchestrator for KubernetesOrchestrator {
         let pod = self.delete_object(&self.pods, "pod", &name).await;
         let secret = self.delete_object(&self.secrets, "secret", &name).await;
         pod.and(secret)?;
+        // A pod never seen (its create was abandoned) sends no DELETED
+        // event that would forget it.
+        let mut cache = lock(&self.cache);
+        if cache
+            .pods
+            .get(id)
+            .is_some_and(|tracked| tracked.pod.is_none())
+        {
+            cache.pods.remove(id);
+        }
+        drop(cache);
         tracing::info!(worker = %id, pod = %name, "kubernetes worker deleted");
         Ok(())
     }
