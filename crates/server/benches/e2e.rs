@@ -14,7 +14,12 @@
 //!   line `start` arriving on `Watch`, with a breakdown from the events'
 //!   timestamps.
 //! - `throughput`: [`THROUGHPUT_JOBS`] jobs of `sh 'true'`, [`CONCURRENCY`]
-//!   at a time, each submitted and watched to its end.
+//!   at a time, each submitted and watched to its end. Besides the wall
+//!   clock rate it prints the CPU time per job (this process, server and
+//!   client, plus its reaped children: the workers with their steps) and
+//!   the rate that CPU time allows on this machine's cpus when nothing
+//!   else runs: other load on the machine stretches the wall clock, not
+//!   the CPU time a job costs.
 //!
 //! The server's global cap (`max_workers`) and the `local` template's
 //! `max_concurrent_jobs` are both raised to [`WORKER_CAP`] (the template
@@ -415,6 +420,12 @@ async fn throughput(bench: Arc<Bench>) -> anyhow::Result<()> {
     println!(
         "per job, submit to end of Watch: {}",
         percentiles(&mut durations)
+    );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu_per_job_ms = (cpu.own_ms + cpu.children_ms) / THROUGHPUT_JOBS as f64;
+    println!(
+        "CPU per job: {cpu_per_job_ms:.2} ms (bench process and reaped workers): {:.0} jobs/s if the bench had {cpus} idle cpus to itself",
+        cpus as f64 * 1000.0 / cpu_per_job_ms
     );
     println!(
         "CPU: bench process {:.2} s, reaped workers {:.2} s ({:.2} + {:.2} ms per job), {:.0} % of {} cpus",

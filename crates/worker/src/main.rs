@@ -35,8 +35,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the worker holds a single connection and mostly waits on
+    // its steps, and a process that starts no runtime threads starts and
+    // exits faster (a worker lives for one job).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -17,12 +17,15 @@
 //!   [`LocalConfig::stop_grace`], reaps it, and finally kills any process
 //!   that still carries the worker's `WORKER_ID` in its environment (steps
 //!   run in their own process groups; this catches them even when the
-//!   worker died without cleaning up).
+//!   worker died without cleaning up). Only processes started after the
+//!   worker are looked at, and deletions that overlap share one scan of
+//!   `/proc`.
 //!
 //! Image templates mean nothing here: the backend offers its own `local`
 //! template, built from [`detect_host_capabilities`].
 
 pub mod capabilities;
+mod sweep;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -35,14 +38,17 @@ use hodei_application::orchestrator::{
     BackendState, BackendWorker, OrchestratorError, WorkerHandle, WorkerOrchestrator, WorkerSpec,
 };
 use hodei_domain::{IdError, JobId, TemplateError, TemplateId, WorkerId};
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
+pub use sweep::{is_live, processes_marked_by, start_time};
+
 pub use capabilities::{
     DEFAULT_PROBE_TIMEOUT, DetectedTool, HostCapabilities, LOCAL_TEMPLATE_ID,
-    detect_host_capabilities, detect_with_path,
+    detect_host_capabilities, detect_host_capabilities_cached, detect_with_path,
+    detect_with_path_cached,
 };
 
 /// Name of the worker binary looked up by default.
@@ -106,8 +112,7 @@ impl LocalConfig {
     /// [`LocalError::WorkerBinaryNotFound`] when there is neither.
     pub fn resolve_worker_binary() -> Result<PathBuf, LocalError> {
         let exe = std::env::current_exe().unwrap_or_default();
-        let beside = exe.parent().map(|dir| dir.join(WORKER_BINARY));
-        if let Some(path) = beside.filter(|p| p.is_file()) {
+        if let Some(path) = Self::worker_binary_beside(&exe) {
             return Ok(path);
         }
         let path_var = std::env::var("PATH").unwrap_or_default();
@@ -116,6 +121,26 @@ impl LocalConfig {
                 exe: exe.display().to_string(),
             }
         })
+    }
+}
+
+impl LocalConfig {
+    /// `hodei-worker` in the directory of `exe`, when it is a file.
+    pub fn worker_binary_beside(exe: &std::path::Path) -> Option<PathBuf> {
+        let path = exe.parent()?.join(WORKER_BINARY);
+        path.is_file().then_some(path)
+    }
+
+    /// `hodei-worker` in the directory of `exe` when it is a file at least
+    /// as recent as `exe` (so not left over from an older build: the two
+    /// must speak the same protocol).
+    pub fn current_worker_binary_beside(exe: &std::path::Path) -> Option<PathBuf> {
+        let path = Self::worker_binary_beside(exe)?;
+        let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        match (modified(&path), modified(exe)) {
+            (Some(worker), Some(exe)) if worker >= exe => Some(path),
+            _ => None,
+        }
     }
 }
 
@@ -149,6 +174,9 @@ struct LocalChild {
     template_id: TemplateId,
     server_id: String,
     pid: u32,
+    /// The worker's start time in clock ticks after boot (0 if unknown):
+    /// whatever it started is as young or younger.
+    started: u64,
     tail: Arc<Mutex<Tail>>,
     /// `Some` once the child was reaped.
     exit: watch::Receiver<Option<ExitStatus>>,
@@ -165,6 +193,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct LocalOrchestrator {
     config: LocalConfig,
     children: Mutex<HashMap<WorkerId, LocalChild>>,
+    sweeper: Arc<sweep::Sweeper>,
 }
 
 impl LocalOrchestrator {
@@ -173,6 +202,7 @@ impl LocalOrchestrator {
         Self {
             config,
             children: Mutex::new(HashMap::new()),
+            sweeper: Arc::default(),
         }
     }
 
@@ -236,7 +266,7 @@ impl Drop for LocalOrchestrator {
             if child.exit.borrow().is_none() {
                 signal_group(child.pid, Signal::SIGKILL);
             }
-            kill_marked_processes(id.as_str());
+            sweep::kill_marked_processes(id.as_str(), child.started);
         }
     }
 }
@@ -257,74 +287,6 @@ fn signal_group(pgid: u32, signal: Signal) {
     {
         let _ = killpg(Pid::from_raw(raw), signal);
     }
-}
-
-/// Kills every process (and its process group) whose environment holds
-/// `WORKER_ID=<id>`: what a worker's steps left behind.
-fn kill_marked_processes(worker_id: &str) -> usize {
-    let marked = processes_marked_by(&[worker_id]);
-    for &pid in &marked {
-        if let Some(pgid) = process_group_of(pid) {
-            signal_group(pgid, Signal::SIGKILL);
-        }
-        if let Ok(raw) = i32::try_from(pid) {
-            let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
-        }
-    }
-    marked.len()
-}
-
-/// Live processes, other than this one, whose environment holds
-/// `WORKER_ID=<id>` for one of `worker_ids`: the workers the local backend
-/// started and everything their steps started, even outside their process
-/// groups. Processes this user may not read are passed over.
-pub fn processes_marked_by(worker_ids: &[&str]) -> Vec<u32> {
-    let markers: Vec<String> = worker_ids
-        .iter()
-        .map(|id| format!("WORKER_ID={id}"))
-        .collect();
-    let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut marked = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        let carries_marker = environ
-            .split(|b| *b == 0)
-            .any(|var| markers.iter().any(|m| var == m.as_bytes()));
-        if carries_marker && is_live(pid) {
-            marked.push(pid);
-        }
-    }
-    marked
-}
-
-/// Whether `pid` is a running process (it exists and is not a zombie).
-pub fn is_live(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-    })
-}
-
-/// The process group id from `/proc/<pid>/stat` (field 5).
-fn process_group_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(2)?.parse().ok()
 }
 
 #[async_trait]
@@ -367,6 +329,7 @@ impl WorkerOrchestrator for LocalOrchestrator {
             ))
         })?;
         let pid = child.id().unwrap_or(0);
+        let started = sweep::start_time(pid).unwrap_or(0);
         let tail = Arc::new(Mutex::new(Tail {
             lines: VecDeque::new(),
             capacity: self.config.stderr_lines,
@@ -409,6 +372,7 @@ impl WorkerOrchestrator for LocalOrchestrator {
                 template_id: spec.template.id().clone(),
                 server_id: spec.server_id.clone(),
                 pid,
+                started,
                 tail,
                 exit: exit_rx,
             },
@@ -422,8 +386,10 @@ impl WorkerOrchestrator for LocalOrchestrator {
     async fn delete_worker(&self, id: &WorkerId) -> Result<(), OrchestratorError> {
         let found = lock(&self.children)
             .get(id)
-            .map(|c| (c.pid, c.exit.clone()));
-        if let Some((pid, mut exit)) = found {
+            .map(|c| (c.pid, c.started, c.exit.clone()));
+        let mut since = 0;
+        if let Some((pid, started, mut exit)) = found {
+            since = started;
             let running = exit.borrow().is_none();
             if running {
                 signal_group(pid, Signal::SIGTERM);
@@ -440,10 +406,9 @@ impl WorkerOrchestrator for LocalOrchestrator {
             // The worker is reaped; whatever still runs in its group goes.
             signal_group(pid, Signal::SIGKILL);
         }
-        let worker_id = id.to_string();
-        let swept = tokio::task::spawn_blocking(move || kill_marked_processes(&worker_id))
-            .await
-            .unwrap_or(0);
+        // A worker this backend does not track (left by an earlier server)
+        // has no known start time: every process is looked at.
+        let swept = self.sweeper.sweep(id.as_str(), since).await;
         if swept > 0 {
             tracing::info!(worker_id = %id, processes = swept, "killed processes left by the worker");
         }
@@ -508,6 +473,33 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_binary_beside_is_used_only_when_not_older() {
+        use std::time::{Duration, SystemTime};
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("hodei");
+        let worker = dir.path().join(WORKER_BINARY);
+        let touch = |path: &std::path::Path, at: SystemTime| {
+            let file = std::fs::File::create(path).unwrap();
+            file.set_modified(at).unwrap();
+        };
+        let now = SystemTime::now();
+        touch(&exe, now);
+        assert_eq!(LocalConfig::worker_binary_beside(&exe), None);
+        assert_eq!(LocalConfig::current_worker_binary_beside(&exe), None);
+        touch(&worker, now - Duration::from_secs(60));
+        assert_eq!(
+            LocalConfig::worker_binary_beside(&exe).as_deref(),
+            Some(worker.as_path())
+        );
+        assert_eq!(LocalConfig::current_worker_binary_beside(&exe), None);
+        touch(&worker, now + Duration::from_secs(1));
+        assert_eq!(
+            LocalConfig::current_worker_binary_beside(&exe).as_deref(),
+            Some(worker.as_path())
+        );
+    }
+
+    #[test]
     fn server_settings_are_not_inherited() {
         let keys = [
             "PATH",
@@ -519,11 +511,5 @@ mod tests {
         ];
         let removed = server_only_variables(keys.iter().map(std::ffi::OsString::from));
         assert_eq!(removed, ["HODEI_GRPC_ADDR", "HODEI_WORKER_TOKEN"]);
-    }
-
-    #[test]
-    fn process_group_from_stat() {
-        let me = process_group_of(std::process::id());
-        assert_eq!(me, Some(nix::unistd::getpgrp().as_raw() as u32));
     }
 }

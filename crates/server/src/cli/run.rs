@@ -207,7 +207,7 @@ impl Embedded {
         // configured data directory's store.
         settings.store = StoreKind::Memory;
         if settings.worker_binary.is_none() && settings.backend == Backend::Local {
-            super::server::use_own_worker(&mut settings)?;
+            super::server::use_current_or_own_worker(&mut settings)?;
         }
         let handle = Server::start(settings).await?;
         Ok(Embedded {

@@ -81,6 +81,22 @@ pub(crate) fn use_own_worker(settings: &mut Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes the local backend start `hodei-worker` when it sits next to this
+/// executable and is not older than it (built with it, not left over from
+/// an earlier build): a smaller executable, it starts faster. Else
+/// workers run as `hodei worker` of this executable.
+pub(crate) fn use_current_or_own_worker(settings: &mut Settings) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the hodei executable")?;
+    match LocalConfig::current_worker_binary_beside(&exe) {
+        Some(worker) => {
+            settings.worker_binary = Some(worker);
+            settings.worker_args = Vec::new();
+            Ok(())
+        }
+        None => use_own_worker(settings),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
