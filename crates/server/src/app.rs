@@ -38,6 +38,7 @@
 //! Service name), else `advertise_host`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -54,7 +55,7 @@ use hodei_domain::WorkerTemplate;
 use hodei_infrastructure::docker::{DockerConfig, DockerOrchestrator};
 use hodei_infrastructure::kubernetes::{ClientSource, KubernetesConfig, KubernetesOrchestrator};
 use hodei_infrastructure::local::{
-    DEFAULT_PROBE_TIMEOUT, LocalConfig, LocalOrchestrator, detect_host_capabilities,
+    DEFAULT_PROBE_TIMEOUT, LocalConfig, LocalOrchestrator, detect_host_capabilities_cached,
 };
 use hodei_infrastructure::{
     BroadcastEventPublisher, InMemoryJobRepository, InMemoryWorkerRepository,
@@ -125,6 +126,25 @@ fn derived_server_id(settings: &Settings) -> String {
     format!("hodei-{:012x}", hash & 0xffff_ffff_ffff)
 }
 
+/// Where the local backend keeps what it found on the host between
+/// starts: the user's cache directory (`$XDG_CACHE_HOME/hodei`, else
+/// `~/.cache/hodei`), which outlives the temporary data directory of
+/// `hodei run`; the data directory when there is no home.
+fn capabilities_cache_file(settings: &Settings) -> PathBuf {
+    const FILE: &str = "host-capabilities.json";
+    let from_env = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    from_env("XDG_CACHE_HOME")
+        .or_else(|| from_env("HOME").map(|home| home.join(".cache")))
+        .map_or_else(
+            || settings.data_dir.join(FILE),
+            |cache| cache.join("hodei").join(FILE),
+        )
+}
+
 impl Server {
     /// Builds the adapters `settings` names, starts the use cases, binds the
     /// gRPC and HTTP listeners (port 0 picks a free port: see
@@ -159,7 +179,11 @@ impl Server {
                 config.worker_args.clone_from(&settings.worker_args);
                 config.workspace_root = settings.data_dir.join("workspaces");
                 config.server_lost_grace = Some(settings.worker_lost_after);
-                let host = detect_host_capabilities(DEFAULT_PROBE_TIMEOUT).await;
+                let host = detect_host_capabilities_cached(
+                    DEFAULT_PROBE_TIMEOUT,
+                    &capabilities_cache_file(&settings),
+                )
+                .await;
                 let local = host
                     .local_template()
                     .context("cannot build the local template")?;

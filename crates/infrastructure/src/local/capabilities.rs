@@ -347,9 +347,29 @@ fn versioned_label(name: &str, version: &str, kind: VersionLabel) -> Option<Stri
     }
 }
 
-/// Runs one probe: `None` when the tool is absent or its probe fails.
-async fn probe(spec: Probe, path_var: String, timeout: Duration) -> Option<DetectedTool> {
-    let path = find_on_path(spec.program, &path_var)?;
+/// What one probe found.
+#[derive(Debug)]
+struct Probed {
+    /// `None` when the tool is absent or its probe fails.
+    tool: Option<DetectedTool>,
+    /// The version probe did not answer in time (worth asking again).
+    timed_out: bool,
+}
+
+/// Runs one probe.
+async fn probe(spec: Probe, path_var: String, timeout: Duration) -> Probed {
+    let mut timed_out = false;
+    let tool = probe_tool(spec, &path_var, timeout, &mut timed_out).await;
+    Probed { tool, timed_out }
+}
+
+async fn probe_tool(
+    spec: Probe,
+    path_var: &str,
+    timeout: Duration,
+    timed_out: &mut bool,
+) -> Option<DetectedTool> {
+    let path = find_on_path(spec.program, path_var)?;
     let mut labels = vec![spec.label.to_owned()];
     labels.extend(spec.aliases.iter().map(|a| (*a).to_owned()));
     if spec.args.is_empty() {
@@ -367,7 +387,10 @@ async fn probe(spec: Probe, path_var: String, timeout: Duration) -> Option<Detec
         .output();
     let version = match tokio::time::timeout(timeout, run).await {
         // A tool that does not answer in time is there, version unknown.
-        Err(_) => None,
+        Err(_) => {
+            *timed_out = true;
+            None
+        }
         // A tool that cannot run or fails its version probe is a broken stub.
         Ok(Err(_)) => return None,
         Ok(Ok(output)) if !output.status.success() => return None,
@@ -406,16 +429,27 @@ pub async fn detect_host_capabilities(timeout: Duration) -> HostCapabilities {
 
 /// Like [`detect_host_capabilities`] with an explicit `PATH` value.
 pub async fn detect_with_path(path_var: &str, timeout: Duration) -> HostCapabilities {
+    host_with_tools(probe_all(path_var, timeout).await.0)
+}
+
+/// Every probe at once; the tools found, and whether a probe timed out.
+async fn probe_all(path_var: &str, timeout: Duration) -> (Vec<DetectedTool>, bool) {
     let handles: Vec<_> = PROBES
         .iter()
         .map(|spec| tokio::spawn(probe(*spec, path_var.to_owned(), timeout)))
         .collect();
     let mut tools = Vec::new();
+    let mut timed_out = false;
     for handle in handles {
-        if let Ok(Some(tool)) = handle.await {
-            tools.push(tool);
+        if let Ok(probed) = handle.await {
+            timed_out |= probed.timed_out;
+            tools.extend(probed.tool);
         }
     }
+    (tools, timed_out)
+}
+
+fn host_with_tools(tools: Vec<DetectedTool>) -> HostCapabilities {
     HostCapabilities {
         os: std::env::consts::OS.to_owned(),
         arch: arch_labels(std::env::consts::ARCH),
@@ -423,6 +457,127 @@ pub async fn detect_with_path(path_var: &str, timeout: Duration) -> HostCapabili
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
         memory_bytes: total_memory(Path::new("/proc/meminfo")),
     }
+}
+
+/// Like [`detect_host_capabilities`], but the tools found are kept in
+/// `cache_file` and reused while nothing they depend on changed: the
+/// `PATH` value and, for every probed program, where it is found (after
+/// symbolic links), its size and modification time. Installing, removing
+/// or upgrading a tool, or another `PATH`, probes again. A run in which a
+/// probe timed out is not kept. CPUs and memory are always read afresh.
+/// A cache that cannot be read or written only costs the probes.
+pub async fn detect_host_capabilities_cached(
+    timeout: Duration,
+    cache_file: &Path,
+) -> HostCapabilities {
+    let path_var = std::env::var("PATH").unwrap_or_default();
+    detect_with_path_cached(&path_var, timeout, cache_file).await
+}
+
+/// Like [`detect_host_capabilities_cached`] with an explicit `PATH` value.
+pub async fn detect_with_path_cached(
+    path_var: &str,
+    timeout: Duration,
+    cache_file: &Path,
+) -> HostCapabilities {
+    let key = cache_key(path_var);
+    if let Some(tools) = read_cache(cache_file, &key) {
+        return host_with_tools(tools);
+    }
+    let (tools, timed_out) = probe_all(path_var, timeout).await;
+    if !timed_out && let Err(e) = write_cache(cache_file, &key, &tools) {
+        tracing::debug!(file = %cache_file.display(), error = %e, "cannot keep the host capabilities");
+    }
+    host_with_tools(tools)
+}
+
+/// What the probes' results depend on, as text: the cache key.
+fn cache_key(path_var: &str) -> String {
+    use std::fmt::Write;
+    use std::os::unix::fs::MetadataExt;
+    let mut key = format!("v1\nPATH={path_var}\n");
+    for spec in PROBES {
+        let Some(path) = find_on_path(spec.program, path_var) else {
+            let _ = writeln!(key, "{} absent", spec.program);
+            continue;
+        };
+        let target = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        match std::fs::metadata(&target) {
+            Ok(m) => {
+                let _ = writeln!(
+                    key,
+                    "{} {} {} {} {}.{}",
+                    spec.program,
+                    target.display(),
+                    m.ino(),
+                    m.size(),
+                    m.mtime(),
+                    m.mtime_nsec()
+                );
+            }
+            Err(_) => {
+                let _ = writeln!(key, "{} {} unreadable", spec.program, target.display());
+            }
+        }
+    }
+    key
+}
+
+/// The cache file's contents.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct CachedTools {
+    key: String,
+    tools: Vec<CachedTool>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct CachedTool {
+    name: String,
+    path: PathBuf,
+    version: Option<String>,
+    labels: Vec<String>,
+}
+
+fn read_cache(file: &Path, key: &str) -> Option<Vec<DetectedTool>> {
+    let text = std::fs::read(file).ok()?;
+    let cached: CachedTools = serde_json::from_slice(&text).ok()?;
+    (cached.key == key).then(|| {
+        cached
+            .tools
+            .into_iter()
+            .map(|t| DetectedTool {
+                name: t.name,
+                path: t.path,
+                version: t.version,
+                labels: t.labels,
+            })
+            .collect()
+    })
+}
+
+/// Writes the cache through a temporary file renamed into place, so a
+/// concurrent reader sees the old file or the new one, never half of one.
+fn write_cache(file: &Path, key: &str, tools: &[DetectedTool]) -> std::io::Result<()> {
+    let cached = CachedTools {
+        key: key.to_owned(),
+        tools: tools
+            .iter()
+            .map(|t| CachedTool {
+                name: t.name.clone(),
+                path: t.path.clone(),
+                version: t.version.clone(),
+                labels: t.labels.clone(),
+            })
+            .collect(),
+    };
+    let text = serde_json::to_vec_pretty(&cached).map_err(std::io::Error::other)?;
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut temporary = file.as_os_str().to_owned();
+    temporary.push(format!(".{}.tmp", std::process::id()));
+    std::fs::write(&temporary, text)?;
+    std::fs::rename(&temporary, file)
 }
 
 /// `MemTotal` of a meminfo file, in bytes (0 when unreadable).
@@ -576,6 +731,92 @@ mod tests {
         assert_eq!(template.id().as_str(), "local");
         assert!(template.has_capability("java-17"));
         assert_eq!(template.resources().cpu().millis(), host.cpus * 1000);
+    }
+
+    /// Writes an executable `#!/bin/sh` script from a child shell (so no
+    /// descriptor open for writing in this process can make exec fail).
+    fn write_script(path: &Path, body: &str) {
+        let status = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!(
+                "printf '%s\\n' '#!/bin/sh' '{}' > {}; chmod +x {}",
+                body.replace('\'', "'\\''"),
+                path.display(),
+                path.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The cache answers while the tools and `PATH` are unchanged, and is
+    /// not trusted once a tool changes, another `PATH` is given or a probe
+    /// timed out.
+    #[tokio::test]
+    async fn cached_detection_probes_again_only_after_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let runs = dir.path().join("runs");
+        let java = bin.join("java");
+        let probe_of = |version: &str| {
+            format!(
+                "echo run >> {}; echo 'openjdk version \"{version}\"' >&2",
+                runs.display()
+            )
+        };
+        write_script(&java, &probe_of("17.0.2"));
+        let runs_so_far = || {
+            std::fs::read_to_string(&runs)
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        };
+        let cache = dir.path().join("cache").join("host.json");
+        let path_var = bin.display().to_string();
+        let timeout = Duration::from_secs(10);
+        let java_labels = |host: &HostCapabilities| -> Vec<String> {
+            host.labels()
+                .into_iter()
+                .filter(|l| l.starts_with("java"))
+                .collect()
+        };
+
+        let first = detect_with_path_cached(&path_var, timeout, &cache).await;
+        assert_eq!(java_labels(&first), ["java", "java-17"]);
+        assert_eq!(runs_so_far(), 1);
+        assert!(cache.is_file());
+
+        let second = detect_with_path_cached(&path_var, timeout, &cache).await;
+        assert_eq!(second.tools, first.tools);
+        assert_eq!(runs_so_far(), 1, "the cached answer is used");
+
+        // An upgrade rewrites the tool: probed again.
+        write_script(&java, &probe_of("21.0.10"));
+        let upgraded = detect_with_path_cached(&path_var, timeout, &cache).await;
+        assert_eq!(java_labels(&upgraded), ["java", "java-21"]);
+        assert_eq!(runs_so_far(), 2);
+        let again = detect_with_path_cached(&path_var, timeout, &cache).await;
+        assert_eq!(java_labels(&again), ["java", "java-21"]);
+        assert_eq!(runs_so_far(), 2);
+
+        // Another PATH: probed again.
+        let other_path = format!("{path_var}:/nonexistent");
+        detect_with_path_cached(&other_path, timeout, &cache).await;
+        assert_eq!(runs_so_far(), 3);
+
+        // A probe that times out is not kept.
+        write_script(&java, "exec sleep 30");
+        let slow = detect_with_path_cached(&path_var, Duration::from_millis(200), &cache).await;
+        assert_eq!(java_labels(&slow), ["java"]);
+        write_script(&java, &probe_of("21.0.10"));
+        let after = detect_with_path_cached(&path_var, timeout, &cache).await;
+        assert_eq!(java_labels(&after), ["java", "java-21"]);
+        assert_eq!(runs_so_far(), 4);
+
+        // An unreadable cache is only a miss.
+        std::fs::write(&cache, "not json").unwrap();
+        detect_with_path_cached(&path_var, timeout, &cache).await;
+        assert_eq!(runs_so_far(), 5);
     }
 
     #[tokio::test]
