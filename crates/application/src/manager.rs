@@ -58,7 +58,9 @@ use crate::id_generator::IdGenerator;
 use crate::orchestrator::{OrchestratorError, ServerEndpoint, WorkerOrchestrator, WorkerSpec};
 use crate::provider::{ProvisionError, SegmentRequest, WorkerProvider};
 use crate::templates::WorkerTemplateRepository;
-use crate::worker_link::{Assignment, LinkError, WorkerGateway, WorkerLink};
+use crate::worker_link::{
+    Assignment, LinkError, LogSink, StepOutcome, StepRequest, WorkerGateway, WorkerLink,
+};
 use crate::workers::{WorkerRepository, WorkerRepositoryError};
 
 /// How the manager behaves. Build it with [`ManagerConfig::new`] and change
@@ -316,6 +318,44 @@ impl WorkerProvider for EphemeralWorkerManager {
 
     async fn release(&self, worker: &WorkerId, reason: &str) {
         self.inner.release(worker, reason).await;
+    }
+}
+
+/// An ephemeral worker's link, which knows the template it came from.
+#[derive(Debug)]
+struct TemplatedLink {
+    link: Arc<dyn WorkerLink>,
+    template: TemplateId,
+}
+
+#[async_trait]
+impl WorkerLink for TemplatedLink {
+    fn worker_id(&self) -> &WorkerId {
+        self.link.worker_id()
+    }
+
+    fn template_id(&self) -> Option<&TemplateId> {
+        Some(&self.template)
+    }
+
+    async fn assign(&self, assignment: Assignment) -> Result<(), LinkError> {
+        self.link.assign(assignment).await
+    }
+
+    async fn run_step(
+        &self,
+        request: StepRequest,
+        sink: Arc<dyn LogSink>,
+    ) -> Result<StepOutcome, LinkError> {
+        self.link.run_step(request, sink).await
+    }
+
+    async fn cancel_step(&self, step_id: &str, reason: &str) -> Result<(), LinkError> {
+        self.link.cancel_step(step_id, reason).await
+    }
+
+    async fn shutdown(&self, reason: &str) -> Result<(), LinkError> {
+        self.link.shutdown(reason).await
     }
 }
 
@@ -833,7 +873,10 @@ impl Inner {
             timer: Some(timer),
         };
         lock(&self.active).insert(id, active);
-        Ok(link)
+        Ok(Arc::new(TemplatedLink {
+            link,
+            template: template.id().clone(),
+        }))
     }
 
     /// Waits for the worker to connect, while watching the backend for an
@@ -1922,6 +1965,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(link.worker_id().as_str(), "w-1");
+        assert_eq!(
+            link.template_id().map(TemplateId::as_str),
+            Some("java-maven")
+        );
         assert_eq!(h.calls("assign"), ["assign w-1 j-1 #3 segment 1"]);
         let record = h.record("w-1").unwrap();
         assert_eq!(record.state(), &WorkerState::Busy);
@@ -2008,6 +2055,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(link.worker_id().as_str(), "s-linux");
+        assert_eq!(link.template_id(), None, "a static worker has no template");
         assert_eq!(h.calls("create"), Vec::<String>::new());
         assert_eq!(h.calls("assign"), ["assign s-linux j-1 #3 segment 1"]);
         let record = h.record("s-linux").unwrap();
@@ -2045,6 +2093,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(third.worker_id().as_str(), "w-2");
+        assert_eq!(
+            third.template_id().map(TemplateId::as_str),
+            Some("go-build")
+        );
     }
 
     #[tokio::test(start_paused = true)]

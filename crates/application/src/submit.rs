@@ -26,9 +26,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hodei_domain::pipeline::{self, Diagnostic, PipelineError, PlanBody, PlanStage};
+use hodei_domain::pipeline::{self, Diagnostic, PipelineError};
 use hodei_domain::{
-    DomainEvent, Job, JobId, JobStatus, JobStatusKind, StageResult, Timestamp, WorkerId,
+    DomainEvent, Job, JobId, JobStatus, JobStatusKind, StageResult, TemplateId, Timestamp,
+    WorkerId,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -42,7 +43,7 @@ use crate::jobs::{JobRepository, JobRepositoryError, LogChunk, QueuedSubmission}
 use crate::provider::{ProvisionError, WorkerProvider};
 use crate::runner::{
     JobContext, PipelineRunner, ProvisionPhase, RunEvent, RunOutput, RunRequest, RunStatus,
-    RunnerConfig, StageStatus,
+    RunnerConfig, StagePath, StageStatus,
 };
 use crate::worker_link::LogStream;
 
@@ -198,6 +199,9 @@ pub enum UpdateKind {
         agent: String,
         /// The worker, once known.
         worker: Option<WorkerId>,
+        /// The template it was created from, once known (`None` for a
+        /// static worker).
+        template: Option<TemplateId>,
         /// What happened.
         phase: WorkerPhase,
         /// The reason of a failure.
@@ -425,7 +429,13 @@ impl CreateAndExecuteJob {
             }
             running.cancel.cancel();
         }
-        Ok(stored.status().clone())
+        // The journal is ahead of the store for a live job (the store is
+        // written in the background).
+        let live = lock(&self.inner.journals)
+            .by_job
+            .get(job)
+            .and_then(|journal| journal.status());
+        Ok(live.unwrap_or_else(|| stored.status().clone()))
     }
 
     /// Waits until the job has ended and returns its final status.
@@ -728,7 +738,7 @@ impl Inner {
             JobStatus::Succeeded => pipeline::BuildResult::Success,
             JobStatus::Failed { .. } => pipeline::BuildResult::Failure,
             JobStatus::Aborted { .. } | JobStatus::TimedOut => pipeline::BuildResult::Aborted,
-            JobStatus::Queued | JobStatus::Running => return None,
+            JobStatus::Queued | JobStatus::Provisioning | JobStatus::Running => return None,
         })
     }
 
@@ -755,8 +765,8 @@ impl Inner {
             pump: pump_tx,
             inner: Arc::downgrade(&self),
             waiting: Mutex::new(HashMap::new()),
+            workers: Mutex::new(Workers::default()),
             partial: Mutex::new(HashMap::new()),
-            paths: stage_paths(&request.plan.stages),
         });
 
         let status = if cancel.is_cancelled() {
@@ -893,6 +903,19 @@ async fn pump(
                     tracing::error!(job = %job, error = %e, "cannot store stages; later failures not reported");
                 }
             }
+            Pumped::Status(status, at) => {
+                let stored = match jobs.find_by_id(&job).await {
+                    Ok(Some(mut record)) => match record.transition(status, at) {
+                        Ok(()) => jobs.save(record).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    Ok(None) => Err("the job is not stored".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = stored {
+                    tracing::warn!(job = %job, error = %e, "cannot record the job's status");
+                }
+            }
         }
     }
 }
@@ -901,6 +924,8 @@ enum Pumped {
     Log(LogChunk),
     Event(DomainEvent),
     Stages(Vec<StageSummary>),
+    /// The job went between `Running` and `Provisioning`.
+    Status(JobStatus, Timestamp),
 }
 
 /// A job's journal: numbered updates and a signal when one is added.
@@ -954,15 +979,25 @@ impl Journal {
         self.changed.send_replace(len);
     }
 
+    /// The last status journaled.
+    fn status(&self) -> Option<JobStatus> {
+        lock(&self.state)
+            .updates
+            .iter()
+            .rev()
+            .find_map(|u| match &u.kind {
+                UpdateKind::Status(status) => Some(status.clone()),
+                _ => None,
+            })
+    }
+
     fn stages(&self) -> Vec<StageSummary> {
         let state = lock(&self.state);
         let mut stages: Vec<StageSummary> = Vec::new();
         for update in &state.updates {
             match &update.kind {
                 UpdateKind::StageStarted { stage, path }
-                    if !stages
-                        .iter()
-                        .any(|s| &s.name == stage && s.result.is_none()) =>
+                    if !stages.iter().any(|s| &s.path == path && s.result.is_none()) =>
                 {
                     stages.push(StageSummary {
                         name: stage.clone(),
@@ -981,7 +1016,7 @@ impl Journal {
                     match stages
                         .iter_mut()
                         .rev()
-                        .find(|s| &s.name == stage && s.result.is_none())
+                        .find(|s| &s.path == path && s.result.is_none())
                     {
                         Some(summary) => {
                             summary.result = Some(*result);
@@ -1175,50 +1210,66 @@ struct JobOutput {
     inner: std::sync::Weak<Inner>,
     /// Segments whose worker was requested and is not ready yet.
     waiting: Mutex<HashMap<String, ()>>,
+    /// Which segments wait for a worker and which have one, for the
+    /// job's `Running` / `Provisioning` status.
+    workers: Mutex<Workers>,
     /// Unfinished lines per step and stream, with their stage.
     partial: Mutex<PartialLines>,
-    /// Each stage's path from the top, from the plan.
-    paths: HashMap<String, Vec<String>>,
 }
 
-type PartialLines = HashMap<(String, LogStream), (String, Vec<u8>)>;
-type PartialEntry = ((String, LogStream), (String, Vec<u8>));
+/// The segments of a running job by where their worker stands.
+#[derive(Debug, Default)]
+struct Workers {
+    /// Requested, not ready yet.
+    requested: std::collections::HashSet<String>,
+    /// Ready, not released yet.
+    ready: std::collections::HashSet<String>,
+    /// Whether the job was last reported `Provisioning`.
+    provisioning: bool,
+}
 
-/// Every stage's path from the top of the plan.
-fn stage_paths(stages: &[PlanStage]) -> HashMap<String, Vec<String>> {
-    fn walk(stages: &[PlanStage], prefix: &[String], out: &mut HashMap<String, Vec<String>>) {
-        for stage in stages {
-            let mut path = prefix.to_vec();
-            path.push(stage.name.clone());
-            match &stage.body {
-                PlanBody::Steps => {}
-                PlanBody::Sequential(children)
-                | PlanBody::Parallel {
-                    branches: children, ..
-                } => walk(children, &path, out),
+impl Workers {
+    /// Applies one phase of `segment`; returns the job's new status when
+    /// it changes: `Provisioning` while a worker is awaited and no segment
+    /// has one, `Running` otherwise. A failed provisioning leaves the status
+    /// as it is when no worker is left (the job's end, or a retry, follows).
+    fn apply(&mut self, segment: &str, phase: &ProvisionPhase<'_>) -> Option<JobStatus> {
+        match phase {
+            ProvisionPhase::Requested => {
+                self.requested.insert(segment.to_owned());
             }
-            out.entry(stage.name.clone()).or_insert(path);
+            ProvisionPhase::Ready { .. } => {
+                self.requested.remove(segment);
+                self.ready.insert(segment.to_owned());
+            }
+            ProvisionPhase::Failed { .. } => {
+                self.requested.remove(segment);
+                if self.requested.is_empty() && self.ready.is_empty() {
+                    return None;
+                }
+            }
+            ProvisionPhase::Released { .. } => {
+                self.ready.remove(segment);
+            }
         }
+        let provisioning = !self.requested.is_empty() && self.ready.is_empty();
+        (provisioning != self.provisioning).then(|| {
+            self.provisioning = provisioning;
+            if provisioning {
+                JobStatus::Provisioning
+            } else {
+                JobStatus::Running
+            }
+        })
     }
-    let mut out = HashMap::new();
-    walk(stages, &[], &mut out);
-    out
 }
+
+type PartialLines = HashMap<(String, LogStream), (StagePath, Vec<u8>)>;
+type PartialEntry = ((String, LogStream), (StagePath, Vec<u8>));
 
 impl JobOutput {
-    /// The stage's path from the top (empty outside stages).
-    fn path_of(&self, stage: &str) -> Vec<String> {
-        if stage.is_empty() {
-            return Vec::new();
-        }
-        self.paths
-            .get(stage)
-            .cloned()
-            .unwrap_or_else(|| vec![stage.to_owned()])
-    }
-
     /// Records one whole line (without its newline).
-    fn line(&self, stage: &str, step_id: Option<&str>, stream: LogStream, line: &[u8]) {
+    fn line(&self, stage: &StagePath, step_id: Option<&str>, stream: LogStream, line: &[u8]) {
         let at = self.clock.now();
         let mut data = line.to_vec();
         data.push(b'\n');
@@ -1231,8 +1282,8 @@ impl JobOutput {
         self.journal.push(
             at,
             UpdateKind::Log {
-                stage: stage.to_owned(),
-                path: self.path_of(stage),
+                stage: stage.name().to_owned(),
+                path: stage.names().to_vec(),
                 step_id: step_id.map(str::to_owned),
                 stream,
                 data: line.to_vec(),
@@ -1242,14 +1293,14 @@ impl JobOutput {
 
     /// Splits a step's output into lines, keeping an unfinished line for
     /// the next chunk.
-    fn output(&self, stage: &str, step_id: &str, stream: LogStream, data: &[u8]) {
+    fn output(&self, stage: &StagePath, step_id: &str, stream: LogStream, data: &[u8]) {
         let key = (step_id.to_owned(), stream);
         let mut lines = Vec::new();
         {
             let mut partial = lock(&self.partial);
             let (_, buffer) = partial
                 .entry(key.clone())
-                .or_insert_with(|| (stage.to_owned(), Vec::new()));
+                .or_insert_with(|| (stage.clone(), Vec::new()));
             buffer.extend_from_slice(data);
             let mut start = 0;
             while let Some(end) = buffer[start..].iter().position(|&b| b == b'\n') {
@@ -1310,13 +1361,13 @@ impl RunOutput for JobOutput {
                 self.journal.push(
                     now,
                     UpdateKind::StageStarted {
-                        stage: stage.to_owned(),
-                        path: self.path_of(stage),
+                        stage: stage.name().to_owned(),
+                        path: stage.names().to_vec(),
                     },
                 );
                 let _ = self.pump.send(Pumped::Event(DomainEvent::StageStarted {
                     job: self.job.clone(),
-                    stage: stage.to_owned(),
+                    stage: stage.name().to_owned(),
                 }));
                 let _ = self.pump.send(Pumped::Stages(self.journal.stages()));
             }
@@ -1325,15 +1376,15 @@ impl RunOutput for JobOutput {
                 self.journal.push(
                     now,
                     UpdateKind::StageFinished {
-                        stage: stage.to_owned(),
-                        path: self.path_of(stage),
+                        stage: stage.name().to_owned(),
+                        path: stage.names().to_vec(),
                         result,
                         message,
                     },
                 );
                 let _ = self.pump.send(Pumped::Event(DomainEvent::StageFinished {
                     job: self.job.clone(),
-                    stage: stage.to_owned(),
+                    stage: stage.name().to_owned(),
                     result,
                 }));
                 let _ = self.pump.send(Pumped::Stages(self.journal.stages()));
@@ -1357,28 +1408,37 @@ impl RunOutput for JobOutput {
                 phase,
             } => {
                 let key = segment.to_string();
-                let (worker, phase, message) = match phase {
+                let changed = lock(&self.workers).apply(&key, &phase);
+                let (worker, template, phase, message) = match phase {
                     ProvisionPhase::Requested => {
                         if lock(&self.waiting).insert(key.clone(), ()).is_none() {
                             self.waiting_delta(1);
                         }
-                        (None, WorkerPhase::Requested, String::new())
+                        (None, None, WorkerPhase::Requested, String::new())
                     }
-                    ProvisionPhase::Ready { worker } => {
+                    ProvisionPhase::Ready { worker, template } => {
                         if lock(&self.waiting).remove(&key).is_some() {
                             self.waiting_delta(-1);
                         }
-                        (Some(worker.clone()), WorkerPhase::Ready, String::new())
+                        (
+                            Some(worker.clone()),
+                            template.cloned(),
+                            WorkerPhase::Ready,
+                            String::new(),
+                        )
                     }
                     ProvisionPhase::Failed { reason } => {
                         if lock(&self.waiting).remove(&key).is_some() {
                             self.waiting_delta(-1);
                         }
-                        (None, WorkerPhase::Failed, reason.to_owned())
+                        (None, None, WorkerPhase::Failed, reason.to_owned())
                     }
-                    ProvisionPhase::Released { worker } => {
-                        (Some(worker.clone()), WorkerPhase::Released, String::new())
-                    }
+                    ProvisionPhase::Released { worker, template } => (
+                        Some(worker.clone()),
+                        template.cloned(),
+                        WorkerPhase::Released,
+                        String::new(),
+                    ),
                 };
                 self.journal.push(
                     now,
@@ -1386,10 +1446,15 @@ impl RunOutput for JobOutput {
                         segment: key,
                         agent: agent.to_owned(),
                         worker,
+                        template,
                         phase,
                         message,
                     },
                 );
+                if let Some(status) = changed {
+                    self.journal.push(now, UpdateKind::Status(status.clone()));
+                    let _ = self.pump.send(Pumped::Status(status, now));
+                }
             }
         }
     }

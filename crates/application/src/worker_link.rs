@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hodei_domain::{JobId, WorkerId};
+use hodei_domain::{JobId, TemplateId, WorkerId};
 
 /// What a worker is asked to do for one leaf step.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +129,12 @@ pub enum LinkError {
 pub trait WorkerLink: Send + Sync + fmt::Debug {
     /// The worker on the other end.
     fn worker_id(&self) -> &WorkerId;
+
+    /// The template the worker was created from; `None` for a static
+    /// worker (and for links that do not know it).
+    fn template_id(&self) -> Option<&TemplateId> {
+        None
+    }
 
     /// Binds the worker to a job segment and hands it the workspace source;
     /// returns once the worker has unpacked it and is ready for steps.

@@ -1,9 +1,15 @@
 //! Jobs: one run of a pipeline, and the state machine of its status.
 //!
 //! ```text
-//! Queued ──▶ Running ──▶ Succeeded | Failed | Aborted | TimedOut
-//!    └──────────────────▶ Failed | Aborted       (before it ever ran)
+//! Queued ──▶ Running | Provisioning
+//! Running ◀──▶ Provisioning
+//! Running | Provisioning ──▶ Succeeded | Failed | Aborted | TimedOut
+//! Queued ──▶ Failed | Aborted               (before it ever ran)
 //! ```
+//!
+//! A started job is `Provisioning` while it waits for a worker with no
+//! segment running steps (its first worker, or the worker of a stage with
+//! its own agent), and `Running` otherwise.
 //!
 //! The domain has no clock: every transition takes the current
 //! [`Timestamp`] from the caller.
@@ -54,6 +60,9 @@ impl fmt::Display for Timestamp {
 pub enum JobStatus {
     /// Submitted, waiting to start.
     Queued,
+    /// Started, and waiting for a worker to be created and connect, with
+    /// no segment running steps.
+    Provisioning,
     /// Its pipeline is running.
     Running,
     /// Every stage passed.
@@ -79,6 +88,8 @@ pub enum JobStatus {
 pub enum JobStatusKind {
     /// [`JobStatus::Queued`].
     Queued,
+    /// [`JobStatus::Provisioning`].
+    Provisioning,
     /// [`JobStatus::Running`].
     Running,
     /// [`JobStatus::Succeeded`].
@@ -96,6 +107,7 @@ impl JobStatusKind {
     pub fn as_str(self) -> &'static str {
         match self {
             JobStatusKind::Queued => "queued",
+            JobStatusKind::Provisioning => "provisioning",
             JobStatusKind::Running => "running",
             JobStatusKind::Succeeded => "succeeded",
             JobStatusKind::Failed => "failed",
@@ -116,6 +128,7 @@ impl JobStatus {
     pub fn kind(&self) -> JobStatusKind {
         match self {
             JobStatus::Queued => JobStatusKind::Queued,
+            JobStatus::Provisioning => JobStatusKind::Provisioning,
             JobStatus::Running => JobStatusKind::Running,
             JobStatus::Succeeded => JobStatusKind::Succeeded,
             JobStatus::Failed { .. } => JobStatusKind::Failed,
@@ -126,7 +139,10 @@ impl JobStatus {
 
     /// True once the job has ended; a final status never changes.
     pub fn is_final(&self) -> bool {
-        !matches!(self, JobStatus::Queued | JobStatus::Running)
+        !matches!(
+            self,
+            JobStatus::Queued | JobStatus::Provisioning | JobStatus::Running
+        )
     }
 
     /// Whether a job may go from `self` to `next`.
@@ -134,11 +150,14 @@ impl JobStatus {
         use JobStatusKind as K;
         matches!(
             (self.kind(), next.kind()),
-            (K::Queued, K::Running | K::Failed | K::Aborted)
-                | (
-                    K::Running,
-                    K::Succeeded | K::Failed | K::Aborted | K::TimedOut
-                )
+            (
+                K::Queued,
+                K::Running | K::Provisioning | K::Failed | K::Aborted
+            ) | (
+                K::Running | K::Provisioning,
+                K::Succeeded | K::Failed | K::Aborted | K::TimedOut
+            ) | (K::Running, K::Provisioning)
+                | (K::Provisioning, K::Running)
         )
     }
 }
@@ -265,7 +284,8 @@ impl Job {
         self.created_at
     }
 
-    /// When it started running, if it did.
+    /// When it left the queue (to run or to wait for its first worker),
+    /// if it did.
     pub fn started_at(&self) -> Option<Timestamp> {
         self.started_at
     }
@@ -293,8 +313,8 @@ impl Job {
                 to: next.kind(),
             });
         }
-        if next == JobStatus::Running {
-            self.started_at = Some(now);
+        if matches!(next, JobStatus::Running | JobStatus::Provisioning) {
+            self.started_at.get_or_insert(now);
         } else if next.is_final() {
             self.finished_at = Some(now);
         }
@@ -380,7 +400,7 @@ mod tests {
 
     #[test]
     fn transitions() {
-        use JobStatus::{Queued, Running, Succeeded, TimedOut};
+        use JobStatus::{Provisioning, Queued, Running, Succeeded, TimedOut};
         check(&[], Running, Ok(()));
         check(&[], failed(), Ok(()));
         check(&[], aborted(), Ok(()));
@@ -409,8 +429,33 @@ mod tests {
             Queued,
             Err("job j-1 cannot go from running to queued"),
         );
+        check(&[], Provisioning, Ok(()));
+        check(&[Provisioning], Running, Ok(()));
+        check(&[Running], Provisioning, Ok(()));
+        check(&[Provisioning, Running, Provisioning], Running, Ok(()));
         for end in [Succeeded, failed(), aborted(), TimedOut] {
-            for next in [Queued, Running, Succeeded, failed(), aborted(), TimedOut] {
+            check(&[Provisioning], end, Ok(()));
+        }
+        check(
+            &[Provisioning],
+            Provisioning,
+            Err("job j-1 cannot go from provisioning to provisioning"),
+        );
+        check(
+            &[Provisioning],
+            Queued,
+            Err("job j-1 cannot go from provisioning to queued"),
+        );
+        for end in [Succeeded, failed(), aborted(), TimedOut] {
+            for next in [
+                Queued,
+                Provisioning,
+                Running,
+                Succeeded,
+                failed(),
+                aborted(),
+                TimedOut,
+            ] {
                 let msg = format!("job j-1 cannot go from {} to {}", end.kind(), next.kind());
                 check(&[Running, end.clone()], next, Err(&msg));
             }
@@ -428,6 +473,21 @@ mod tests {
         assert_eq!(job.finished_at(), Some(Timestamp(80)));
         assert_eq!(job.duration_millis(), Some(30));
         assert_eq!(job.status().to_string(), "failed: exit code 2");
+    }
+
+    #[test]
+    fn the_start_time_is_when_the_job_left_the_queue() {
+        let mut job = job_in(&[]);
+        job.transition(JobStatus::Provisioning, Timestamp(20))
+            .unwrap();
+        assert_eq!(job.started_at(), Some(Timestamp(20)));
+        job.transition(JobStatus::Running, Timestamp(30)).unwrap();
+        job.transition(JobStatus::Provisioning, Timestamp(40))
+            .unwrap();
+        job.transition(JobStatus::Running, Timestamp(50)).unwrap();
+        assert_eq!(job.started_at(), Some(Timestamp(20)));
+        job.finish(JobStatus::Succeeded, Timestamp(60)).unwrap();
+        assert_eq!(job.duration_millis(), Some(40));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use super::env::{self, Env};
 use super::when;
 use super::{
     ProvisionPhase, RunEvent, RunOutput, RunRequest, RunResult, RunStatus, RunnerConfig,
-    SkipReason, StageResult, StageStatus,
+    SkipReason, StagePath, StageResult, StageStatus,
 };
 use crate::provider::{ProvisionError, SegmentRequest, WorkerProvider};
 use crate::worker_link::{
@@ -259,7 +259,7 @@ enum SlotState {
 /// The context of a step.
 #[derive(Clone)]
 struct StepCtx {
-    stage: Arc<str>,
+    stage: Arc<StagePath>,
     env: Env,
     dir: String,
     segment: Option<SegmentId>,
@@ -275,13 +275,16 @@ struct Run {
     output: Arc<dyn RunOutput>,
     slots: Vec<Mutex<SlotState>>,
     next_step: AtomicU64,
-    results: StdMutex<HashMap<String, StageResult>>,
+    results: StdMutex<HashMap<StagePath, StageResult>>,
+    /// Per segment: whether the stage that owns it says
+    /// `skipDefaultCheckout()`.
+    skip_checkout: Vec<bool>,
 }
 
 /// Forwards a step's output to the run's output, tagged with its stage.
 struct StageSink {
     output: Arc<dyn RunOutput>,
-    stage: Arc<str>,
+    stage: Arc<StagePath>,
 }
 
 impl LogSink for StageSink {
@@ -308,6 +311,12 @@ pub(super) async fn run(
         .iter()
         .map(|_| Mutex::new(SlotState::Idle))
         .collect();
+    let mut skip_checkout = vec![false; request.plan.segments.len()];
+    own_segments_skipping_checkout(
+        &request.pipeline.stages,
+        &request.plan.stages,
+        &mut skip_checkout,
+    );
     let run = Run {
         provider,
         config,
@@ -316,25 +325,27 @@ pub(super) async fn run(
         slots,
         next_step: AtomicU64::new(1),
         results: StdMutex::new(HashMap::new()),
+        skip_checkout,
     };
     run.pipeline(Scope::root(cancel.child_token())).await
 }
 
 impl Run {
-    fn system(&self, stage: &str, line: &str) {
+    fn system(&self, stage: &StagePath, line: &str) {
         self.output.event(RunEvent::System { stage, line });
     }
 
-    fn record(&self, stage: &str, status: StageStatus, attempts: u32) {
+    fn record(&self, stage: &StagePath, status: StageStatus, attempts: u32) {
         self.output.event(RunEvent::StageFinished {
             stage,
             status: &status,
         });
         if let Ok(mut results) = self.results.lock() {
             results.insert(
-                stage.to_string(),
+                stage.clone(),
                 StageResult {
-                    name: stage.to_string(),
+                    name: stage.name().to_owned(),
+                    path: stage.clone(),
                     status,
                     attempts,
                 },
@@ -345,14 +356,14 @@ impl Run {
     async fn pipeline(&self, root: Scope) -> RunResult {
         let pipeline: &Pipeline = &self.request.pipeline;
         let plan: &Plan = &self.request.plan;
-        self.system("", "[Pipeline] Start of Pipeline");
+        self.system(&StagePath::root(), "[Pipeline] Start of Pipeline");
         let base = env::base(&self.request.job);
         let (outcome, env) =
             match env::layer(&base, &pipeline.environment, self.request.secrets.as_ref()).await {
                 Err(reason) => {
-                    self.system("", &format!("ERROR: {reason}"));
+                    self.system(&StagePath::root(), &format!("ERROR: {reason}"));
                     for stage in &pipeline.stages {
-                        self.skip_tree(stage, SkipReason::EarlierFailure);
+                        self.skip_tree(&StagePath::root(), stage, SkipReason::EarlierFailure);
                     }
                     (Outcome::failure(reason), base)
                 }
@@ -366,7 +377,13 @@ impl Run {
                             let mut attempt = 1;
                             loop {
                                 let outcome = self
-                                    .stages(&pipeline.stages, &plan.stages, &stages_env, &scope)
+                                    .stages(
+                                        &pipeline.stages,
+                                        &plan.stages,
+                                        &stages_env,
+                                        &scope,
+                                        &StagePath::root(),
+                                    )
                                     .await;
                                 if outcome.is_success()
                                     || attempt >= attempts
@@ -376,7 +393,7 @@ impl Run {
                                 }
                                 attempt += 1;
                                 self.system(
-                                    "",
+                                    &StagePath::root(),
                                     &format!(
                                         "Retrying the pipeline (attempt {attempt} of {attempts})"
                                     ),
@@ -390,7 +407,7 @@ impl Run {
             };
 
         let ctx = StepCtx {
-            stage: Arc::from(""),
+            stage: Arc::new(StagePath::root()),
             env,
             dir: String::new(),
             segment: plan.top,
@@ -402,7 +419,7 @@ impl Run {
             self.release(SegmentId(index), "the pipeline has finished")
                 .await;
         }
-        self.system("", "[Pipeline] End of Pipeline");
+        self.system(&StagePath::root(), "[Pipeline] End of Pipeline");
 
         let status = match outcome {
             Outcome::Success => RunStatus::Success,
@@ -413,7 +430,7 @@ impl Run {
             },
         };
         if let RunStatus::Failure { reason, .. } | RunStatus::Aborted { reason } = &status {
-            self.system("", &format!("ERROR: {reason}"));
+            self.system(&StagePath::root(), &format!("ERROR: {reason}"));
         }
         let finished = match status.build_result() {
             BuildResult::Success => "SUCCESS",
@@ -422,16 +439,15 @@ impl Run {
             BuildResult::Aborted => "ABORTED",
             BuildResult::NotBuilt => "NOT_BUILT",
         };
-        self.system("", &format!("Finished: {finished}"));
+        self.system(&StagePath::root(), &format!("Finished: {finished}"));
         let mut results = self
             .results
             .lock()
             .map(|mut r| std::mem::take(&mut *r))
             .unwrap_or_default();
-        let stages = pipeline
-            .all_stages()
+        let stages = stage_paths(&pipeline.stages)
             .into_iter()
-            .filter_map(|stage| results.remove(&stage.name))
+            .filter_map(|path| results.remove(&path))
             .collect();
         RunResult { status, stages }
     }
@@ -444,6 +460,7 @@ impl Run {
         plans: &'a [PlanStage],
         env: &'a Env,
         scope: &'a Scope,
+        parent: &'a StagePath,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             let mut outcome = Outcome::Success;
@@ -453,10 +470,10 @@ impl Run {
                         Outcome::Failure { .. } => SkipReason::EarlierFailure,
                         _ => SkipReason::Aborted,
                     };
-                    self.skip_tree(stage, reason);
+                    self.skip_tree(parent, stage, reason);
                     continue;
                 }
-                outcome = self.stage(stage, plan, env, scope).await;
+                outcome = self.stage(stage, plan, env, scope, parent).await;
             }
             if outcome.is_success() && scope.is_cancelled() {
                 outcome = Outcome::Aborted(scope.cause());
@@ -466,19 +483,19 @@ impl Run {
     }
 
     /// Reports a stage and every stage nested in it as skipped.
-    fn skip_tree(&self, stage: &Stage, reason: SkipReason) {
-        self.output
-            .event(RunEvent::StageStarted { stage: &stage.name });
+    fn skip_tree(&self, parent: &StagePath, stage: &Stage, reason: SkipReason) {
+        let path = parent.child(&stage.name);
+        self.output.event(RunEvent::StageStarted { stage: &path });
         self.system(
-            &stage.name,
+            &path,
             &format!("Stage \"{}\" skipped due to {reason}", stage.name),
         );
-        self.skip_children(stage, reason);
-        self.record(&stage.name, StageStatus::Skipped(reason), 0);
+        self.skip_children(&path, stage, reason);
+        self.record(&path, StageStatus::Skipped(reason), 0);
     }
 
-    /// Reports every stage nested in `stage` as skipped.
-    fn skip_children(&self, stage: &Stage, reason: SkipReason) {
+    /// Reports every stage nested in `stage` (at `path`) as skipped.
+    fn skip_children(&self, path: &StagePath, stage: &Stage, reason: SkipReason) {
         match &stage.body {
             StageBody::Steps(_) => {}
             StageBody::Stages(children)
@@ -486,7 +503,7 @@ impl Run {
                 branches: children, ..
             } => {
                 for child in children {
-                    self.skip_tree(child, reason);
+                    self.skip_tree(path, child, reason);
                 }
             }
         }
@@ -499,8 +516,9 @@ impl Run {
         plan: &'a PlanStage,
         env: &'a Env,
         scope: &'a Scope,
+        parent: &'a StagePath,
     ) -> BoxFuture<'a, Outcome> {
-        Box::pin(self.stage_inner(stage, plan, env, scope))
+        Box::pin(self.stage_inner(stage, plan, env, scope, parent))
     }
 
     async fn stage_inner(
@@ -509,31 +527,33 @@ impl Run {
         plan: &PlanStage,
         env: &Env,
         scope: &Scope,
+        parent: &StagePath,
     ) -> Outcome {
+        let path = Arc::new(parent.child(&stage.name));
         let name = stage.name.as_str();
-        self.output.event(RunEvent::StageStarted { stage: name });
-        self.system(name, &format!("[Pipeline] stage ({name})"));
+        self.output.event(RunEvent::StageStarted { stage: &path });
+        self.system(&path, &format!("[Pipeline] stage ({name})"));
         let attempts = stage.options.retry.unwrap_or(1).max(1);
         let mut attempt = 1;
         loop {
-            match self.stage_attempt(stage, plan, env, scope).await {
+            match self.stage_attempt(stage, plan, env, scope, &path).await {
                 None => {
                     self.system(
-                        name,
+                        &path,
                         &format!("Stage \"{name}\" skipped due to when conditional"),
                     );
-                    self.skip_children(stage, SkipReason::When);
-                    self.record(name, StageStatus::Skipped(SkipReason::When), attempt - 1);
+                    self.skip_children(&path, stage, SkipReason::When);
+                    self.record(&path, StageStatus::Skipped(SkipReason::When), attempt - 1);
                     return Outcome::Success;
                 }
                 Some(outcome) => {
                     if outcome.is_success() || attempt >= attempts || scope.is_cancelled() {
-                        self.record(name, outcome.stage_status(), attempt);
+                        self.record(&path, outcome.stage_status(), attempt);
                         return outcome;
                     }
                     attempt += 1;
                     self.system(
-                        name,
+                        &path,
                         &format!("Retrying stage {name} (attempt {attempt} of {attempts})"),
                     );
                 }
@@ -550,8 +570,9 @@ impl Run {
         plan: &PlanStage,
         outer_env: &Env,
         scope: &Scope,
+        path: &Arc<StagePath>,
     ) -> Option<Outcome> {
-        let name: Arc<str> = Arc::from(stage.name.as_str());
+        let name = path.clone();
         let branch = self.request.job.branch.as_deref();
         if let Some(w) = &stage.when
             && w.before_agent
@@ -633,7 +654,7 @@ impl Run {
         &self,
         stage: &Stage,
         plan: &PlanStage,
-        name: &Arc<str>,
+        name: &Arc<StagePath>,
         env: &Env,
         scope: &Scope,
     ) -> Outcome {
@@ -650,7 +671,7 @@ impl Run {
                 self.steps(steps, ctx).await
             }
             (StageBody::Stages(children), PlanBody::Sequential(plans)) => {
-                self.stages(children, plans, env, scope).await
+                self.stages(children, plans, env, scope, name).await
             }
             (
                 StageBody::Parallel { branches, .. },
@@ -658,7 +679,10 @@ impl Run {
                     fail_fast,
                     branches: plans,
                 },
-            ) => self.parallel(branches, plans, *fail_fast, env, scope).await,
+            ) => {
+                self.parallel(branches, plans, *fail_fast, env, scope, name)
+                    .await
+            }
             _ => Outcome::failure(format!(
                 "{}: the plan of stage {} does not match the pipeline",
                 stage.pos, stage.name
@@ -675,6 +699,7 @@ impl Run {
         fail_fast: bool,
         env: &Env,
         scope: &Scope,
+        parent: &StagePath,
     ) -> Outcome {
         let group = scope.child();
         let futures: Vec<BoxFuture<'_, Outcome>> = branches
@@ -683,7 +708,7 @@ impl Run {
             .map(|(branch, plan)| {
                 let group = group.clone();
                 Box::pin(async move {
-                    let outcome = self.stage(branch, plan, env, &group).await;
+                    let outcome = self.stage(branch, plan, env, &group, parent).await;
                     if fail_fast && !outcome.is_success() && !group.is_cancelled() {
                         group.interrupt(Cause::FailFast(branch.name.clone()));
                     }
@@ -888,7 +913,7 @@ impl Run {
         let Some(segment) = ctx.segment else {
             return Outcome::failure(format!(
                 "step {description} in {} needs a worker, but no agent applies",
-                if stage.is_empty() {
+                if stage.is_root() {
                     "the pipeline".to_string()
                 } else {
                     format!("stage {stage}")
@@ -988,7 +1013,7 @@ impl Run {
         segment: SegmentId,
         scope: &Scope,
         may_acquire: bool,
-        stage: &str,
+        stage: &StagePath,
     ) -> Result<Arc<dyn WorkerLink>, Outcome> {
         let Some(slot) = self.slots.get(segment.0) else {
             return Err(Outcome::failure(format!(
@@ -1016,14 +1041,7 @@ impl Run {
         let agent = plan_segment.agent.kind.to_string();
         let skip_checkout = self.request.skip_checkout
             || self.request.pipeline.options.skip_default_checkout
-            || match &plan_segment.owner {
-                hodei_domain::pipeline::SegmentOwner::Stage(name) => self
-                    .request
-                    .pipeline
-                    .stage(name)
-                    .is_some_and(|s| s.options.skip_default_checkout),
-                hodei_domain::pipeline::SegmentOwner::Pipeline => false,
-            };
+            || self.skip_checkout.get(segment.0).copied().unwrap_or(false);
         let request = SegmentRequest {
             job_id: self.request.job.job_id.clone(),
             job_name: self.request.job.job_name.clone(),
@@ -1044,6 +1062,7 @@ impl Run {
                     agent: &agent,
                     phase: ProvisionPhase::Ready {
                         worker: link.worker_id(),
+                        template: link.template_id(),
                     },
                 });
                 *state = SlotState::Ready(link.clone());
@@ -1129,6 +1148,7 @@ impl Run {
             agent: &agent,
             phase: ProvisionPhase::Released {
                 worker: link.worker_id(),
+                template: link.template_id(),
             },
         });
     }
@@ -1145,6 +1165,51 @@ enum Acquired {
     Link(Arc<dyn WorkerLink>),
     Failed(ProvisionError),
     Interrupted,
+}
+
+/// Marks in `skip` the segments created by a stage (its own agent) whose
+/// options say `skipDefaultCheckout()`.
+fn own_segments_skipping_checkout(stages: &[Stage], plans: &[PlanStage], skip: &mut [bool]) {
+    for (stage, plan) in stages.iter().zip(plans) {
+        if plan.own_agent
+            && let Some(segment) = plan.segment
+            && let Some(flag) = skip.get_mut(segment.0)
+        {
+            *flag = stage.options.skip_default_checkout;
+        }
+        match (&stage.body, &plan.body) {
+            (StageBody::Stages(children), PlanBody::Sequential(plans))
+            | (
+                StageBody::Parallel {
+                    branches: children, ..
+                },
+                PlanBody::Parallel {
+                    branches: plans, ..
+                },
+            ) => own_segments_skipping_checkout(children, plans, skip),
+            _ => {}
+        }
+    }
+}
+
+/// The path of every stage, nested ones too, in file order.
+fn stage_paths(stages: &[Stage]) -> Vec<StagePath> {
+    fn walk(stages: &[Stage], parent: &StagePath, out: &mut Vec<StagePath>) {
+        for stage in stages {
+            let path = parent.child(&stage.name);
+            out.push(path.clone());
+            match &stage.body {
+                StageBody::Steps(_) => {}
+                StageBody::Stages(children)
+                | StageBody::Parallel {
+                    branches: children, ..
+                } => walk(children, &path, out),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(stages, &StagePath::root(), &mut out);
+    out
 }
 
 /// `dir` inside `dir`: a relative path nests, an absolute one replaces.

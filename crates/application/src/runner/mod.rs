@@ -48,8 +48,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hodei_domain::JobId;
-use hodei_domain::WorkerId;
 use hodei_domain::pipeline::{BuildResult, Diagnostic, Pipeline, Plan, SegmentId};
+use hodei_domain::{TemplateId, WorkerId};
 use tokio_util::sync::CancellationToken;
 
 use crate::provider::WorkerProvider;
@@ -177,6 +177,8 @@ pub enum ProvisionPhase<'a> {
     Ready {
         /// The worker.
         worker: &'a WorkerId,
+        /// The template it was created from (`None` for a static worker).
+        template: Option<&'a TemplateId>,
     },
     /// No worker could be had, or the run was aborted while waiting for it.
     Failed {
@@ -187,7 +189,59 @@ pub enum ProvisionPhase<'a> {
     Released {
         /// The worker.
         worker: &'a WorkerId,
+        /// The template it was created from (`None` for a static worker).
+        template: Option<&'a TemplateId>,
     },
+}
+
+/// A stage as a run reports it: its path from the top, the names of the
+/// stages it is nested in and then its own (`["Test", "linux", "unit"]`).
+/// Sibling stages have distinct names, so a path names one stage even when
+/// stages in different branches or parents share a name. The empty path
+/// stands for the pipeline itself (its `post`, its errors). Displayed as
+/// the stage's own name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StagePath(Vec<String>);
+
+impl StagePath {
+    /// The pipeline itself, outside any stage.
+    pub fn root() -> Self {
+        StagePath(Vec::new())
+    }
+
+    /// The path of the stage `name` nested in this one.
+    pub fn child(&self, name: &str) -> Self {
+        let mut names = self.0.clone();
+        names.push(name.to_owned());
+        StagePath(names)
+    }
+
+    /// The stage's own name; empty for the pipeline.
+    pub fn name(&self) -> &str {
+        self.0.last().map_or("", String::as_str)
+    }
+
+    /// The names from the top.
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+
+    /// Whether this is the pipeline itself.
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<S: Into<String>> FromIterator<S> for StagePath {
+    fn from_iter<I: IntoIterator<Item = S>>(names: I) -> Self {
+        StagePath(names.into_iter().map(Into::into).collect())
+    }
+}
+
+impl fmt::Display for StagePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Something that happened during a run, in the order it happened.
@@ -196,19 +250,19 @@ pub enum RunEvent<'a> {
     /// A stage starts (also for stages that will be reported skipped).
     StageStarted {
         /// The stage.
-        stage: &'a str,
+        stage: &'a StagePath,
     },
     /// A stage ended.
     StageFinished {
         /// The stage.
-        stage: &'a str,
+        stage: &'a StagePath,
         /// How.
         status: &'a StageStatus,
     },
     /// A leaf step was sent to a worker.
     StepStarted {
         /// The stage it belongs to (empty for the pipeline's `post`).
-        stage: &'a str,
+        stage: &'a StagePath,
         /// The step's id, unique in the run.
         step_id: &'a str,
         /// What it is (`sh`, its label, or `writeFile`).
@@ -217,7 +271,7 @@ pub enum RunEvent<'a> {
     /// Output of a leaf step, as the worker produces it.
     Log {
         /// The stage it belongs to.
-        stage: &'a str,
+        stage: &'a StagePath,
         /// The step.
         step_id: &'a str,
         /// Which stream.
@@ -228,7 +282,7 @@ pub enum RunEvent<'a> {
     /// A leaf step ended.
     StepFinished {
         /// The stage it belongs to.
-        stage: &'a str,
+        stage: &'a StagePath,
         /// The step.
         step_id: &'a str,
         /// How it ended (`Cancelled` when the worker was lost or gone).
@@ -238,7 +292,7 @@ pub enum RunEvent<'a> {
     /// `echo` output, skip and retry notices, errors.
     System {
         /// The stage it belongs to (empty outside stages).
-        stage: &'a str,
+        stage: &'a StagePath,
         /// The line, without a newline.
         line: &'a str,
     },
@@ -330,6 +384,8 @@ impl fmt::Display for StageStatus {
 pub struct StageResult {
     /// The stage name.
     pub name: String,
+    /// Its path from the top.
+    pub path: StagePath,
     /// How it ended (after its last attempt).
     pub status: StageStatus,
     /// How many times it ran (`options { retry }`); 0 when skipped.
@@ -392,9 +448,14 @@ pub struct RunResult {
 }
 
 impl RunResult {
-    /// The result of the stage with this name.
+    /// The result of the first stage with this name, in file order.
     pub fn stage(&self, name: &str) -> Option<&StageResult> {
         self.stages.iter().find(|s| s.name == name)
+    }
+
+    /// The result of the stage at this path.
+    pub fn stage_at(&self, path: &StagePath) -> Option<&StageResult> {
+        self.stages.iter().find(|s| &s.path == path)
     }
 }
 

@@ -38,11 +38,13 @@ impl RunOutput for Recorder {
             RunEvent::System { stage, line } => format!("system {stage}: {line}"),
             RunEvent::Provisioning { segment, phase, .. } => match phase {
                 ProvisionPhase::Requested => format!("provision {segment}: requested"),
-                ProvisionPhase::Ready { worker } => format!("provision {segment}: ready {worker}"),
+                ProvisionPhase::Ready { worker, .. } => {
+                    format!("provision {segment}: ready {worker}")
+                }
                 ProvisionPhase::Failed { reason } => {
                     format!("provision {segment}: failed {reason}")
                 }
-                ProvisionPhase::Released { worker } => {
+                ProvisionPhase::Released { worker, .. } => {
                     format!("provision {segment}: released {worker}")
                 }
             },

@@ -276,10 +276,13 @@ async fn a_successful_job_is_stored_journaled_and_published() {
     let setup = setup();
     let (status, updates) = run_to_end(&setup, "sh 'echo hi'").await;
     assert_eq!(status, JobStatus::Succeeded);
+    // Provisioning while its worker is created.
     assert_eq!(
         statuses(&updates),
         [
             JobStatusKind::Queued,
+            JobStatusKind::Running,
+            JobStatusKind::Provisioning,
             JobStatusKind::Running,
             JobStatusKind::Succeeded
         ]
@@ -303,6 +306,8 @@ async fn a_successful_job_is_stored_journaled_and_published() {
         saved,
         [
             JobStatusKind::Queued,
+            JobStatusKind::Running,
+            JobStatusKind::Provisioning,
             JobStatusKind::Running,
             JobStatusKind::Succeeded
         ]
@@ -691,4 +696,207 @@ async fn shutdown_aborts_running_jobs_and_refuses_new_ones() {
     );
     let err = setup.jobs.submit(submission("sh 'x'")).await.unwrap_err();
     assert!(matches!(err, JobsError::ShuttingDown), "{err:?}");
+}
+
+/// Stages that share a name under different parents (parallel branches,
+/// nested `stages`) are told apart by their paths: in stage events, in
+/// log lines and in the job's stage summary.
+#[tokio::test]
+async fn stages_sharing_a_name_have_distinct_paths() {
+    let setup = setup();
+    let pipeline = "\
+pipeline {
+  agent any
+  stages {
+    stage('Test') {
+      parallel {
+        stage('linux') {
+          stages {
+            stage('build') { steps { sh 'linux build' } }
+            stage('test') { steps { sh 'linux test' } }
+          }
+        }
+        stage('mac') {
+          stages {
+            stage('build') { steps { sh 'mac build' } }
+            stage('test') { steps { sh 'exit 3' } }
+          }
+        }
+      }
+    }
+    stage('build') { steps { sh 'dist build' } }
+  }
+}
+";
+    let submitted = setup
+        .jobs
+        .submit(Submission {
+            name: "demo".into(),
+            file: "Jenkinsfile".into(),
+            pipeline: pipeline.into(),
+            ..Submission::default()
+        })
+        .await
+        .unwrap();
+    let status = setup.jobs.wait(&submitted.job_id).await.unwrap();
+    assert_eq!(status.kind(), JobStatusKind::Failed);
+    let mut watch = setup.jobs.watch(&submitted.job_id, 0).await.unwrap();
+    let mut started = Vec::new();
+    let mut finished = Vec::new();
+    let mut output = Vec::new();
+    while let Some(update) = watch.next().await {
+        match update.kind {
+            UpdateKind::StageStarted { path, stage } => {
+                assert_eq!(path.last(), Some(&stage));
+                started.push(path.join("/"));
+            }
+            UpdateKind::StageFinished {
+                path,
+                result,
+                stage,
+                ..
+            } => {
+                assert_eq!(path.last(), Some(&stage));
+                finished.push(format!("{} {result}", path.join("/")));
+            }
+            UpdateKind::Log {
+                path,
+                step_id: Some(_),
+                data,
+                ..
+            } => output.push(format!(
+                "{}: {}",
+                path.join("/"),
+                String::from_utf8_lossy(&data)
+            )),
+            _ => {}
+        }
+    }
+    started.sort();
+    assert_eq!(
+        started,
+        [
+            "Test",
+            "Test/linux",
+            "Test/linux/build",
+            "Test/linux/test",
+            "Test/mac",
+            "Test/mac/build",
+            "Test/mac/test",
+            "build",
+        ]
+    );
+    finished.sort();
+    assert_eq!(
+        finished,
+        [
+            "Test failure",
+            "Test/linux success",
+            "Test/linux/build success",
+            "Test/linux/test success",
+            "Test/mac failure",
+            "Test/mac/build success",
+            "Test/mac/test failure",
+            "build skipped",
+        ]
+    );
+    output.sort();
+    assert_eq!(
+        output,
+        [
+            "Test/linux/build: out: linux build",
+            "Test/linux/test: out: linux test",
+            "Test/mac/build: out: mac build",
+        ]
+    );
+    let mut summary: Vec<String> = setup
+        .jobs
+        .stages(&submitted.job_id)
+        .into_iter()
+        .map(|s| format!("{} {:?}", s.path.join("/"), s.result))
+        .collect();
+    summary.sort();
+    assert_eq!(
+        summary,
+        [
+            "Test Some(Failure)",
+            "Test/linux Some(Success)",
+            "Test/linux/build Some(Success)",
+            "Test/linux/test Some(Success)",
+            "Test/mac Some(Failure)",
+            "Test/mac/build Some(Success)",
+            "Test/mac/test Some(Failure)",
+            "build Some(Skipped)",
+        ]
+    );
+}
+
+/// Each worker a job waits for, with no segment running steps, makes the
+/// job `Provisioning` (stored and journaled); a worker that cannot be had
+/// leaves it so until the job ends.
+#[tokio::test]
+async fn the_job_is_provisioning_while_it_waits_for_a_worker() {
+    let setup = setup();
+    let pipeline = "\
+pipeline {
+  agent none
+  stages {
+    stage('One') { agent any; steps { sh 'one' } }
+    stage('Two') { agent any; steps { sh 'two' } }
+  }
+}
+";
+    let submitted = setup
+        .jobs
+        .submit(Submission {
+            name: "demo".into(),
+            file: "Jenkinsfile".into(),
+            pipeline: pipeline.into(),
+            ..Submission::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        setup.jobs.wait(&submitted.job_id).await.unwrap(),
+        JobStatus::Succeeded
+    );
+    let mut watch = setup.jobs.watch(&submitted.job_id, 0).await.unwrap();
+    let mut updates = Vec::new();
+    while let Some(update) = watch.next().await {
+        updates.push(update);
+    }
+    use JobStatusKind::{Provisioning, Queued, Running, Succeeded};
+    assert_eq!(
+        statuses(&updates),
+        [
+            Queued,
+            Running,
+            Provisioning,
+            Running,
+            Provisioning,
+            Running,
+            Succeeded
+        ]
+    );
+    let saved: Vec<JobStatusKind> = lock(&setup.seen.saved)
+        .iter()
+        .map(|j| j.status().kind())
+        .collect();
+    assert_eq!(saved, statuses(&updates));
+
+    let failing = setup_with(
+        JobsConfig::default(),
+        Ok(()),
+        Provide::Fail(ProvisionError::Failed {
+            worker: WorkerId::new("w-9").unwrap(),
+            reason: "image not found".into(),
+        }),
+        false,
+    );
+    let (status, updates) = run_to_end(&failing, "sh 'echo hi'").await;
+    assert_eq!(status.kind(), JobStatusKind::Failed);
+    assert_eq!(
+        statuses(&updates),
+        [Queued, Running, Provisioning, JobStatusKind::Failed]
+    );
 }

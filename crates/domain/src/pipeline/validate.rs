@@ -124,7 +124,10 @@ pub(crate) fn validate(
 struct Validator<'s, 'd> {
     source: &'s str,
     diagnostics: &'d mut Vec<Diagnostic>,
-    /// Stage names seen so far, for duplicates (unique across the pipeline).
+    /// Stage names seen so far in the `stages` or `parallel` block being
+    /// validated: sibling stages need distinct names, so a stage's path of
+    /// names from the top is unique (stages in different parents may share
+    /// a name, as in Jenkins).
     stage_names: HashMap<String, Pos>,
     /// How many errors validation has reported.
     errors: usize,
@@ -1058,6 +1061,7 @@ impl<'s> Validator<'s, '_> {
     /// The stages of a `stages` or `parallel` block.
     fn stage_list(&mut self, call: &Call, what: &str, context: StageContext) -> Option<Vec<Stage>> {
         let block = self.section_block(call, what)?;
+        let outer_names = std::mem::take(&mut self.stage_names);
         let mut stages = Vec::new();
         let mut ok = !block.had_error();
         let mut count = 0usize;
@@ -1084,6 +1088,7 @@ impl<'s> Validator<'s, '_> {
                 self.error(inner.pos, message);
             }
         }
+        self.stage_names = outer_names;
         if count == 0 && !block.had_error() {
             self.error(
                 call.pos,

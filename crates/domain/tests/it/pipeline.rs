@@ -1181,3 +1181,79 @@ mod no_panic {
         }
     }
 }
+
+/// Sibling stages need distinct names; stages under different parents
+/// (parallel branches, nested `stages`) may share one, as in Jenkins.
+#[test]
+fn stage_names_are_unique_among_siblings_only() {
+    let shared = "\
+pipeline {
+  agent any
+  stages {
+    stage('Test') {
+      parallel {
+        stage('linux') {
+          stages {
+            stage('build') { steps { sh 'make' } }
+            stage('test') { steps { sh 'make test' } }
+          }
+        }
+        stage('mac') {
+          stages {
+            stage('build') { steps { sh 'make' } }
+            stage('test') { steps { sh 'make test' } }
+          }
+        }
+      }
+    }
+    stage('build') { steps { sh 'make dist' } }
+  }
+}
+";
+    let pipeline = lint(shared).expect("names shared across parents are valid");
+    let names: Vec<&str> = pipeline
+        .all_stages()
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Test", "linux", "build", "test", "mac", "build", "test", "build"
+        ]
+    );
+    check_errors(
+        "\
+pipeline {
+  agent any
+  stages {
+    stage('Test') {
+      parallel {
+        stage('unit') { steps { sh 'a' } }
+        stage('unit') { steps { sh 'b' } }
+      }
+    }
+  }
+}
+",
+        &["7:9: duplicate stage name `unit` (first at 6:9)"],
+    );
+    check_errors(
+        "\
+pipeline {
+  agent any
+  stages {
+    stage('outer') {
+      stages {
+        stage('inner') { steps { sh 'a' } }
+        stage('other') { steps { sh 'b' } }
+        stage('inner') { steps { sh 'c' } }
+      }
+    }
+    stage('inner') { steps { sh 'd' } }
+  }
+}
+",
+        &["8:9: duplicate stage name `inner` (first at 6:9)"],
+    );
+}

@@ -75,6 +75,7 @@ pub fn run_step_to_proto(request: StepRequest, segment_id: String) -> pb::RunSte
 pub fn job_status_to_proto(status: &JobStatus) -> (pb::JobStatus, String) {
     match status {
         JobStatus::Queued => (pb::JobStatus::Queued, String::new()),
+        JobStatus::Provisioning => (pb::JobStatus::Provisioning, String::new()),
         JobStatus::Running => (pb::JobStatus::Running, String::new()),
         JobStatus::Succeeded => (pb::JobStatus::Success, String::new()),
         JobStatus::Failed { reason } => (pb::JobStatus::Failure, reason.clone()),
@@ -86,17 +87,17 @@ pub fn job_status_to_proto(status: &JobStatus) -> (pb::JobStatus, String) {
     }
 }
 
-/// The status a `ListJobs` filter names; `None` for one no job has
-/// (unspecified, provisioning).
+/// The status a `ListJobs` filter names; `None` for unspecified.
 pub fn job_status_kind_from_proto(status: i32) -> Option<JobStatusKind> {
     Some(match pb::JobStatus::try_from(status).ok()? {
         pb::JobStatus::Queued => JobStatusKind::Queued,
+        pb::JobStatus::Provisioning => JobStatusKind::Provisioning,
         pb::JobStatus::Running => JobStatusKind::Running,
         pb::JobStatus::Success => JobStatusKind::Succeeded,
         pb::JobStatus::Failure => JobStatusKind::Failed,
         pb::JobStatus::Aborted => JobStatusKind::Aborted,
         pb::JobStatus::TimedOut => JobStatusKind::TimedOut,
-        pb::JobStatus::Unspecified | pb::JobStatus::Provisioning => return None,
+        pb::JobStatus::Unspecified => return None,
     })
 }
 
@@ -187,11 +188,12 @@ pub fn update_to_proto(update: JobUpdate) -> pb::JobEvent {
             segment,
             agent,
             worker,
+            template,
             phase,
             message,
         } => Kind::Worker(pb::WorkerEvent {
             worker_id: worker.map(|w| w.to_string()).unwrap_or_default(),
-            template_id: String::new(),
+            template_id: template.map(|t| t.to_string()).unwrap_or_default(),
             state: match phase {
                 WorkerPhase::Requested => "provisioning",
                 WorkerPhase::Ready => "connected",

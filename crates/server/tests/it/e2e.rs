@@ -201,6 +201,28 @@ fn two_stages_with_their_own_agents_get_two_workers_each_destroyed() {
             })
             .collect();
         assert_eq!(destroyed.len(), 2, "{:?}", watched.events);
+        // Once a worker is known, its events name the template it came from.
+        let worker_events: Vec<(&str, &str)> = watched
+            .events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                Some(pb::job_event::Kind::Worker(w)) => {
+                    Some((w.state.as_str(), w.template_id.as_str()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            worker_events,
+            [
+                ("provisioning", ""),
+                ("connected", "local"),
+                ("destroyed", "local"),
+                ("provisioning", ""),
+                ("connected", "local"),
+                ("destroyed", "local"),
+            ]
+        );
         server.stop().await;
     });
 }
