@@ -28,8 +28,7 @@ use std::time::Duration;
 
 use hodei_domain::pipeline::{self, Diagnostic, PipelineError};
 use hodei_domain::{
-    DomainEvent, Job, JobId, JobStatus, JobStatusKind, StageResult, TemplateId, Timestamp,
-    WorkerId,
+    DomainEvent, Job, JobId, JobStatus, JobStatusKind, StageResult, TemplateId, Timestamp, WorkerId,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -464,9 +463,10 @@ impl CreateAndExecuteJob {
     /// Takes over what a previous run of the server left unfinished in
     /// the repository. Call once at start, before taking submissions.
     ///
-    /// - A job that was **running** ends `Failed` with `reason` (for
-    ///   example "server restarted"): its workers went with the old server
-    ///   and its steps cannot be resumed. Its log up to the restart stays.
+    /// - A job that was **running** (or **provisioning**) ends `Failed`
+    ///   with `reason` (for example "server restarted"): its workers went
+    ///   with the old server and its steps cannot be resumed. Its log up to
+    ///   the restart stays.
     /// - A job that was **queued** runs again, from the submission the
     ///   repository kept ([`JobRepository::save_queued`]). One whose
     ///   submission was not kept, or whose pipeline no longer parses, ends
@@ -654,14 +654,16 @@ impl Inner {
     /// See [`CreateAndExecuteJob::recover`].
     async fn recover(self: &Arc<Self>, reason: &str) -> Result<Recovered, JobsError> {
         let mut recovered = Recovered::default();
-        let running = crate::jobs::JobFilter {
-            status: Some(JobStatusKind::Running),
-            ..Default::default()
-        };
-        for job in self.ports.jobs.list(&running).await? {
-            let id = job.id().clone();
-            self.fail_stored(job, reason.to_owned()).await?;
-            recovered.failed.push(id);
+        for started in [JobStatusKind::Running, JobStatusKind::Provisioning] {
+            let filter = crate::jobs::JobFilter {
+                status: Some(started),
+                ..Default::default()
+            };
+            for job in self.ports.jobs.list(&filter).await? {
+                let id = job.id().clone();
+                self.fail_stored(job, reason.to_owned()).await?;
+                recovered.failed.push(id);
+            }
         }
         let queued = crate::jobs::JobFilter {
             status: Some(JobStatusKind::Queued),

@@ -581,12 +581,16 @@ async fn journals_past_the_byte_budget_are_rebuilt_and_smaller_ones_kept() {
 }
 
 #[tokio::test]
-async fn recover_fails_running_jobs_and_runs_queued_ones_again() {
+async fn recover_fails_started_jobs_and_runs_queued_ones_again() {
     let pipeline = submission("sh 'again'").pipeline;
     let stored =
         |id: &str, at: u64| Job::new(JobId::new(id).unwrap(), "demo", 1, &pipeline, Timestamp(at));
     let mut running = stored("r-1", 1);
     running.start(Timestamp(2)).unwrap();
+    let mut provisioning = stored("p-1", 1);
+    provisioning
+        .transition(JobStatus::Provisioning, Timestamp(2))
+        .unwrap();
     let queued = [stored("q-2", 4), stored("q-1", 3)];
 
     let seen = Arc::new(Seen::default());
@@ -594,6 +598,7 @@ async fn recover_fails_running_jobs_and_runs_queued_ones_again() {
     repo.expect_list().returning(move |filter| {
         Ok(match filter.status {
             Some(JobStatusKind::Running) => vec![running.clone()],
+            Some(JobStatusKind::Provisioning) => vec![provisioning.clone()],
             Some(JobStatusKind::Queued) => queued.to_vec(),
             _ => Vec::new(),
         })
@@ -642,7 +647,7 @@ async fn recover_fails_running_jobs_and_runs_queued_ones_again() {
 
     let recovered = jobs.recover("server restarted").await.unwrap();
     let ids = |list: &[JobId]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
-    assert_eq!(ids(&recovered.failed), ["r-1", "q-2"]);
+    assert_eq!(ids(&recovered.failed), ["r-1", "p-1", "q-2"]);
     assert_eq!(ids(&recovered.requeued), ["q-1"]);
 
     let q1 = JobId::new("q-1").unwrap();
@@ -666,6 +671,12 @@ async fn recover_fails_running_jobs_and_runs_queued_ones_again() {
     };
     assert_eq!(
         last_status("r-1"),
+        Some(JobStatus::Failed {
+            reason: "server restarted".into()
+        })
+    );
+    assert_eq!(
+        last_status("p-1"),
         Some(JobStatus::Failed {
             reason: "server restarted".into()
         })
@@ -812,6 +823,7 @@ pipeline {
     let mut summary: Vec<String> = setup
         .jobs
         .stages(&submitted.job_id)
+        .await
         .into_iter()
         .map(|s| format!("{} {:?}", s.path.join("/"), s.result))
         .collect();

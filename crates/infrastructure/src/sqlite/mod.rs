@@ -545,7 +545,7 @@ impl Writer {
             if previous.as_deref() != Some(kind) {
                 let at = match job.status() {
                     JobStatus::Queued => None,
-                    JobStatus::Running => job.started_at(),
+                    JobStatus::Running | JobStatus::Provisioning => job.started_at(),
                     _ => job.finished_at(),
                 }
                 .unwrap_or(job.created_at());
