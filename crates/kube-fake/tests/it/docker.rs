@@ -447,3 +447,76 @@ fn dropping_the_fake_removes_its_containers() {
         );
     });
 }
+
+/// The terminated state of `container` (init or main).
+fn terminated(pod: &Pod, container: &str) -> Option<(i32, String)> {
+    let status = pod.status.as_ref()?;
+    let s = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find(|s| s.name == container)?;
+    let t = s.state.as_ref()?.terminated.as_ref()?;
+    Some((t.exit_code, t.reason.clone().unwrap_or_default()))
+}
+
+#[test]
+fn a_failed_init_container_or_an_oom_kill_fails_the_pod() {
+    run(async {
+        let ns = namespace();
+        let Some((fake, _client, pods)) = docker_fake(&ns).await else {
+            return;
+        };
+        let init_fails = pod_from(json!({
+            "metadata": {"name": "init-fails"},
+            "spec": {
+                "restartPolicy": "Never",
+                "initContainers": [{"name": "install", "image": "hodei/worker:test", "command": ["sh", "-c", "exit 2"]}],
+                "containers": [{"name": "main", "image": "hodei/worker:test", "command": ["true"]}]
+            }
+        }));
+        let oom = pod_from(json!({
+            "metadata": {"name": "oom"},
+            "spec": {"restartPolicy": "Never", "containers": [{
+                "name": "main", "image": "hodei/worker:test",
+                "command": ["sh", "-c", "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo ${#x}"],
+                "resources": {"limits": {"memory": "16Mi"}}
+            }]}
+        }));
+        pods.create(&PostParams::default(), &init_fails)
+            .await
+            .expect("created");
+        pods.create(&PostParams::default(), &oom)
+            .await
+            .expect("created");
+
+        let failed = until(&pods, "init-fails", |p| phase(p) == "Failed").await;
+        assert_eq!(
+            terminated(&failed, "install"),
+            Some((2, "Error".to_owned()))
+        );
+        assert_eq!(
+            waiting_reason(&failed, "main").map(|w| w.0),
+            Some("PodInitializing".to_owned()),
+            "the main container never starts"
+        );
+        let killed = until(&pods, "oom", |p| phase(p) == "Failed").await;
+        assert_eq!(
+            terminated(&killed, "main"),
+            Some((137, "OOMKilled".to_owned()))
+        );
+
+        // Grace period 0: the pods are gone at once, their containers
+        // follow (shutdown waits for nothing but removes them all).
+        pods.delete_collection(
+            &DeleteParams::default().grace_period(0),
+            &Default::default(),
+        )
+        .await
+        .expect("deleted");
+        assert!(fake.pods(&ns).is_empty());
+        fake.shutdown().await;
+        assert!(docker_ps(&ns, "oom").is_empty() && docker_ps(&ns, "init-fails").is_empty());
+    });
+}
