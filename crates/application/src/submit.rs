@@ -39,7 +39,9 @@ use crate::events::EventPublisher;
 use crate::id_generator::IdGenerator;
 pub use crate::jobs::StageSummary;
 use crate::jobs::{JobRepository, JobRepositoryError, LogChunk, QueuedSubmission};
+use crate::mask::{SecretMasker, finish_lines, split_lines};
 use crate::provider::{ProvisionError, WorkerProvider};
+use crate::runner::SecretResolver;
 use crate::runner::{
     JobContext, PipelineRunner, ProvisionPhase, RunEvent, RunOutput, RunRequest, RunStatus,
     RunnerConfig, StagePath, StageStatus,
@@ -79,8 +81,8 @@ impl fmt::Debug for Submission {
     }
 }
 
-/// Longest log line kept as one; longer output is cut into lines of this
-/// size.
+/// Longest log line kept as one by default ([`JobsConfig::max_line_bytes`]);
+/// longer output is cut into lines of this size.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
 /// What a successful submission returns.
@@ -123,6 +125,38 @@ pub enum JobsError {
     /// The server is shutting down and takes no new jobs.
     #[error("the server is shutting down and takes no new jobs")]
     ShuttingDown,
+    /// `credentials('id')` names no credentials the server has.
+    #[error(
+        "{file}:{line}:{column}: no credentials with id '{id}' for environment variable {variable}; \
+         the server's credentials are configured with [credentials] or HODEI_CREDENTIAL_<ID>"
+    )]
+    UnknownCredentials {
+        /// The pipeline file.
+        file: String,
+        /// Line of the variable.
+        line: u32,
+        /// Column of the variable.
+        column: u32,
+        /// The credentials id.
+        id: String,
+        /// The environment variable it was to be bound to.
+        variable: String,
+    },
+    /// The submission is larger than a configured limit.
+    #[error("{file}: {what} is {actual}, above the server's limit {setting} = {limit}")]
+    TooLarge {
+        /// The pipeline file (with the position of the first item past the
+        /// limit, when there is one).
+        file: String,
+        /// What is too large ("the pipeline text", "the stage count").
+        what: &'static str,
+        /// Its size.
+        actual: String,
+        /// The setting holding the limit.
+        setting: &'static str,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// How a provisioning step went, as recorded in the journal.
@@ -243,6 +277,13 @@ pub struct JobsConfig {
     /// jobs kept in memory; the oldest go first. Bounds the memory finished
     /// jobs take whatever their logs' size (the repository has them).
     pub kept_journal_bytes: usize,
+    /// Longest log line kept as one; a longer line is cut into pieces of
+    /// about this size (never through a secret).
+    pub max_line_bytes: usize,
+    /// Largest pipeline text accepted, in bytes.
+    pub max_pipeline_bytes: usize,
+    /// Most stages (nested and parallel ones included) a pipeline may have.
+    pub max_stages: usize,
 }
 
 impl Default for JobsConfig {
@@ -252,6 +293,9 @@ impl Default for JobsConfig {
             runner: RunnerConfig::default(),
             kept_journals: 256,
             kept_journal_bytes: 32 * 1024 * 1024,
+            max_line_bytes: MAX_LINE_BYTES,
+            max_pipeline_bytes: 1024 * 1024,
+            max_stages: 1000,
         }
     }
 }
@@ -269,6 +313,10 @@ pub struct JobPorts {
     pub ids: Arc<dyn IdGenerator>,
     /// Workers for agent segments (the `EphemeralWorkerManager`).
     pub provider: Arc<dyn WorkerProvider>,
+    /// The values of `credentials('id')`. A pipeline naming an id it does
+    /// not know is refused; the values bound by a job are masked in its
+    /// log lines, stage messages and final message.
+    pub secrets: Arc<dyn SecretResolver>,
 }
 
 impl fmt::Debug for JobPorts {
@@ -534,8 +582,38 @@ impl Inner {
         } else {
             submission.file.clone()
         };
+        if submission.pipeline.len() > self.config.max_pipeline_bytes {
+            return Err(JobsError::TooLarge {
+                file,
+                what: "the pipeline text",
+                actual: format!("{} bytes", submission.pipeline.len()),
+                setting: "max_pipeline_bytes",
+                limit: self.config.max_pipeline_bytes,
+            });
+        }
         let pipeline = pipeline::parse(&file, &submission.pipeline).into_result()?;
+        let stages = pipeline.all_stages();
+        if let Some(first) = stages.get(self.config.max_stages) {
+            return Err(JobsError::TooLarge {
+                file: format!("{file}:{}", first.pos),
+                what: "the stage count",
+                actual: format!("{} stages", stages.len()),
+                setting: "max_stages",
+                limit: self.config.max_stages,
+            });
+        }
         let plan = pipeline::plan(&pipeline).map_err(|diagnostics| invalid(&file, diagnostics))?;
+        for (var, id) in credential_vars(&pipeline) {
+            if self.ports.secrets.resolve(id).await.is_none() {
+                return Err(JobsError::UnknownCredentials {
+                    file,
+                    line: var.pos.line,
+                    column: var.pos.column,
+                    id: id.to_owned(),
+                    variable: var.name.clone(),
+                });
+            }
+        }
         for segment in &plan.segments {
             if let Err(source) = self.ports.provider.check(&segment.agent.kind).await {
                 return Err(JobsError::Unsatisfiable {
@@ -627,6 +705,13 @@ impl Inner {
 
         let mut parameters = job.environment().clone();
         parameters.extend(job.parameters().clone());
+        let mut secrets = BTreeMap::new();
+        for (_, id) in credential_vars(&pipeline) {
+            if let Some(value) = self.ports.secrets.resolve(id).await {
+                secrets.insert(id.to_owned(), value);
+            }
+        }
+        let masker = SecretMasker::new(secrets.values());
         let request = RunRequest {
             job: JobContext {
                 job_id: id.clone(),
@@ -640,11 +725,13 @@ impl Inner {
             source: queued.source,
             skip_checkout: false,
             previous_result: previous,
-            secrets: Arc::new(BTreeMap::<String, String>::new()),
+            secrets: Arc::new(secrets),
         };
         let inner = self.clone();
         let task = tokio::spawn(async move {
-            inner.execute(job, request, journal, cancel, reason).await;
+            inner
+                .execute(job, request, journal, cancel, reason, masker)
+                .await;
         });
         if let Some(running) = lock(&self.running).get_mut(&id) {
             running.task = Some(task);
@@ -751,6 +838,7 @@ impl Inner {
         journal: Arc<Journal>,
         cancel: CancellationToken,
         reason: Arc<Mutex<Option<String>>>,
+        masker: SecretMasker,
     ) {
         let id = job.id().clone();
         let (pump_tx, pump_rx) = mpsc::unbounded_channel();
@@ -769,6 +857,8 @@ impl Inner {
             waiting: Mutex::new(HashMap::new()),
             workers: Mutex::new(Workers::default()),
             partial: Mutex::new(HashMap::new()),
+            max_line: self.config.max_line_bytes,
+            masker: masker.clone(),
         });
 
         let status = if cancel.is_cancelled() {
@@ -814,6 +904,16 @@ impl Inner {
         if let Err(e) = pump.await {
             tracing::error!(job = %id, error = %e, "log writer failed");
         }
+        // A step's failure message may quote a secret (`error "${TOKEN}"`).
+        let status = match status {
+            JobStatus::Failed { reason } => JobStatus::Failed {
+                reason: masker.mask(&reason),
+            },
+            JobStatus::Aborted { reason } => JobStatus::Aborted {
+                reason: masker.mask(&reason),
+            },
+            other => other,
+        };
         self.finish(job, status, &journal).await;
         lock(&self.running).remove(&id);
     }
@@ -868,6 +968,21 @@ impl Inner {
             journals.by_job.remove(&old);
         }
     }
+}
+
+/// Every `credentials('id')` of the pipeline (its own `environment` and
+/// every stage's), with the variable it binds, in file order.
+fn credential_vars(pipeline: &pipeline::Pipeline) -> Vec<(&pipeline::EnvVar, &str)> {
+    let stages = pipeline.all_stages();
+    pipeline
+        .environment
+        .iter()
+        .chain(stages.iter().flat_map(|s| s.environment.iter()))
+        .filter_map(|var| match &var.value {
+            pipeline::EnvValue::Credentials(id) => Some((var, id.as_str())),
+            pipeline::EnvValue::Text(_) => None,
+        })
+        .collect()
 }
 
 fn invalid(file: &str, diagnostics: Vec<Diagnostic>) -> JobsError {
@@ -1217,6 +1332,10 @@ struct JobOutput {
     workers: Mutex<Workers>,
     /// Unfinished lines per step and stream, with their stage.
     partial: Mutex<PartialLines>,
+    /// Longest line kept as one.
+    max_line: usize,
+    /// The job's secret values, masked in every line and message.
+    masker: SecretMasker,
 }
 
 /// The segments of a running job by where their worker stands.
@@ -1273,6 +1392,7 @@ impl JobOutput {
     /// Records one whole line (without its newline).
     fn line(&self, stage: &StagePath, step_id: Option<&str>, stream: LogStream, line: &[u8]) {
         let at = self.clock.now();
+        let line = &*self.masker.mask_bytes(line);
         let mut data = line.to_vec();
         data.push(b'\n');
         let _ = self.pump.send(Pumped::Log(LogChunk {
@@ -1297,26 +1417,17 @@ impl JobOutput {
     /// the next chunk.
     fn output(&self, stage: &StagePath, step_id: &str, stream: LogStream, data: &[u8]) {
         let key = (step_id.to_owned(), stream);
-        let mut lines = Vec::new();
-        {
+        let lines = {
             let mut partial = lock(&self.partial);
             let (_, buffer) = partial
                 .entry(key.clone())
                 .or_insert_with(|| (stage.clone(), Vec::new()));
-            buffer.extend_from_slice(data);
-            let mut start = 0;
-            while let Some(end) = buffer[start..].iter().position(|&b| b == b'\n') {
-                lines.push(buffer[start..start + end].to_vec());
-                start += end + 1;
-            }
-            buffer.drain(..start);
-            while buffer.len() >= MAX_LINE_BYTES {
-                lines.push(buffer.drain(..MAX_LINE_BYTES).collect());
-            }
+            let lines = split_lines(buffer, data, self.max_line, &self.masker);
             if buffer.is_empty() {
                 partial.remove(&key);
             }
-        }
+            lines
+        };
         for line in lines {
             self.line(stage, Some(step_id), stream, &line);
         }
@@ -1336,8 +1447,10 @@ impl JobOutput {
                 .filter_map(|k| partial.remove(&k).map(|v| (k, v)))
                 .collect()
         };
-        for ((id, stream), (stage, rest)) in taken {
-            self.line(&stage, Some(&id), stream, &rest);
+        for ((id, stream), (stage, mut rest)) in taken {
+            for line in finish_lines(&mut rest, self.max_line, &self.masker) {
+                self.line(&stage, Some(&id), stream, &line);
+            }
         }
     }
 
@@ -1375,6 +1488,7 @@ impl RunOutput for JobOutput {
             }
             RunEvent::StageFinished { stage, status } => {
                 let (result, message) = stage_result(status);
+                let message = self.masker.mask(&message);
                 self.journal.push(
                     now,
                     UpdateKind::StageFinished {

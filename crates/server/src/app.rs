@@ -37,6 +37,7 @@
 //! with the same id. Pods dial `kubernetes_advertise_host` (the server's
 //! Service name), else `advertise_host`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -116,6 +117,11 @@ impl std::fmt::Debug for ServerHandle {
 
 /// A server id derived from the data directory, so a restarted server with
 /// the same data directory recognises the workers it left behind.
+/// A byte limit from the settings as a `usize` (saturating).
+fn byte_limit(bytes: u64) -> usize {
+    usize::try_from(bytes).unwrap_or(usize::MAX)
+}
+
 fn derived_server_id(settings: &Settings) -> String {
     // FNV-1a: stable across runs and platforms.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -305,6 +311,9 @@ impl Server {
         let jobs = CreateAndExecuteJob::new(
             JobsConfig {
                 job_timeout: Some(settings.job_timeout),
+                max_line_bytes: byte_limit(settings.max_log_line_bytes),
+                max_pipeline_bytes: byte_limit(settings.max_pipeline_bytes),
+                max_stages: settings.max_stages as usize,
                 ..JobsConfig::default()
             },
             JobPorts {
@@ -313,6 +322,13 @@ impl Server {
                 clock,
                 ids,
                 provider: Arc::new(manager.clone()),
+                secrets: Arc::new(
+                    settings
+                        .credentials
+                        .iter()
+                        .map(|(id, value)| (id.clone(), value.expose().to_owned()))
+                        .collect::<BTreeMap<String, String>>(),
+                ),
             },
         );
 
@@ -332,11 +348,18 @@ impl Server {
         let grpc_serving = Arc::new(AtomicBool::new(false));
         // Workers authenticate in `Hello`; clients with the bearer token.
         let client_auth = RequireBearer::new(settings.client_token.clone());
+        let message_limit = byte_limit(settings.max_grpc_message_bytes);
         let grpc = tonic::transport::Server::builder()
-            .add_service(hub.service())
+            .add_service(
+                hub.service()
+                    .max_decoding_message_size(message_limit)
+                    .max_encoding_message_size(message_limit),
+            )
             .add_service(InterceptedService::new(
                 JobServiceImpl::new(jobs.clone(), job_store, settings.max_source_bytes)
-                    .into_service(),
+                    .into_service()
+                    .max_decoding_message_size(message_limit)
+                    .max_encoding_message_size(message_limit),
                 client_auth.clone(),
             ))
             .add_service(InterceptedService::new(
@@ -346,7 +369,9 @@ impl Server {
                     hub.clone(),
                     orchestrator.backend(),
                 )
-                .into_service(),
+                .into_service()
+                .max_decoding_message_size(message_limit)
+                .max_encoding_message_size(message_limit),
                 client_auth,
             ));
         let grpc_stop = stop.clone();

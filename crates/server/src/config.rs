@@ -16,6 +16,10 @@
 //! heartbeat_interval = "5s"         # HODEI_HEARTBEAT_INTERVAL
 //! worker_lost_after = "30s"         # HODEI_WORKER_LOST_AFTER
 //! max_source_bytes = "64Mi"         # HODEI_MAX_SOURCE_BYTES (workspace source limit)
+//! max_pipeline_bytes = "1Mi"        # HODEI_MAX_PIPELINE_BYTES (largest pipeline text)
+//! max_stages = 1000                 # HODEI_MAX_STAGES (most stages in one pipeline, nested ones included)
+//! max_log_line_bytes = "64Ki"       # HODEI_MAX_LOG_LINE_BYTES (longer lines are cut into pieces)
+//! max_grpc_message_bytes = "8Mi"    # HODEI_MAX_GRPC_MESSAGE_BYTES (largest gRPC message received or sent)
 //! docker_network = "host"          # HODEI_DOCKER_NETWORK (docker backend: the containers' network mode)
 //! worker_binary = "/usr/local/bin/hodei-worker"  # HODEI_WORKER_BINARY (local: the worker run; docker: the static worker bind-mounted into containers)
 //! worker_args = []                  # HODEI_WORKER_ARGS (space separated; local: arguments before the worker's own, e.g. ["worker"] when worker_binary is hodei itself)
@@ -36,6 +40,17 @@
 //!
 //! A bad value is an error naming the key (and, for the file, its line).
 //!
+//! Credentials that pipelines bind with `credentials('id')` come from a
+//! `[credentials]` table (id = value) and from `HODEI_CREDENTIAL_<ID>`
+//! variables (the id is the rest of the name, as written; the variable
+//! wins). Their values reach a job's steps only as environment variables
+//! and are shown as `****` in its log:
+//!
+//! ```toml
+//! [credentials]
+//! deploy-key = "s3cr3t"
+//! ```
+//!
 //! With `store = "sqlite"` (the default) jobs, their logs and worker records
 //! live in `data_dir/hodei.db` and survive a restart; one server at a time
 //! may use a data directory. `store = "memory"` keeps nothing after the
@@ -55,6 +70,7 @@
 //! embedded one with these settings, on 127.0.0.1 with free ports and a
 //! temporary data directory.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -63,6 +79,9 @@ use std::time::Duration;
 
 use hodei_domain::MemoryQuantity;
 use serde::Deserialize;
+
+/// Environment variables naming a credential start with this.
+pub const CREDENTIAL_PREFIX: &str = "HODEI_CREDENTIAL_";
 
 /// Where workers are created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -243,6 +262,20 @@ pub struct Settings {
     /// as `64Mi`).
     #[serde(with = "quantity_str")]
     pub max_source_bytes: u64,
+    /// Largest pipeline text accepted with a job.
+    #[serde(with = "quantity_str")]
+    pub max_pipeline_bytes: u64,
+    /// Most stages one pipeline may have (nested and parallel ones count).
+    pub max_stages: u32,
+    /// Longest log line kept as one; a longer one is cut into pieces.
+    #[serde(with = "quantity_str")]
+    pub max_log_line_bytes: u64,
+    /// Largest gRPC message the server receives or sends, on every service.
+    #[serde(with = "quantity_str")]
+    pub max_grpc_message_bytes: u64,
+    /// Values of `credentials('id')`, by id (`[credentials]`,
+    /// `HODEI_CREDENTIAL_<ID>`); printed as `****`.
+    pub credentials: BTreeMap<String, Secret>,
     /// The `hodei-worker` binary the local backend starts, or the static one
     /// (`scripts/build-static-worker.sh`) the docker backend bind-mounts
     /// into each container (a path on the engine's host); defaults to the
@@ -347,6 +380,11 @@ impl Default for Settings {
             heartbeat_interval: Duration::from_secs(5),
             worker_lost_after: Duration::from_secs(30),
             max_source_bytes: 64 * 1024 * 1024,
+            max_pipeline_bytes: 1024 * 1024,
+            max_stages: 1000,
+            max_log_line_bytes: 64 * 1024,
+            max_grpc_message_bytes: 8 * 1024 * 1024,
+            credentials: BTreeMap::new(),
             worker_binary: None,
             worker_args: Vec::new(),
             docker_network: "host".to_owned(),
@@ -386,7 +424,35 @@ impl Settings {
             None => Settings::default(),
         };
         settings.apply_env(|var| std::env::var(var).ok())?;
+        settings.apply_credentials_env(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )?;
         Ok(settings)
+    }
+
+    /// Adds the credentials given as `HODEI_CREDENTIAL_<ID>=value` among
+    /// `vars` (other variables are ignored); they replace file values.
+    pub fn apply_credentials_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (var, value) in vars {
+            let Some(id) = var.strip_prefix(CREDENTIAL_PREFIX) else {
+                continue;
+            };
+            let secret = Secret::new(value).filter(|_| !id.is_empty());
+            let Some(secret) = secret else {
+                return Err(ConfigError::Env {
+                    var,
+                    value: String::new(),
+                    expected: "expected HODEI_CREDENTIAL_<ID> with an id and a non-empty value"
+                        .to_owned(),
+                });
+            };
+            self.credentials.insert(id.to_owned(), secret);
+        }
+        Ok(())
     }
 
     /// Parses a TOML settings file.
@@ -497,6 +563,18 @@ impl Settings {
         }
         if let Some(v) = get(&lookup, "HODEI_MAX_SOURCE_BYTES", quantity_str::parse)? {
             self.max_source_bytes = v;
+        }
+        if let Some(v) = get(&lookup, "HODEI_MAX_PIPELINE_BYTES", quantity_str::parse)? {
+            self.max_pipeline_bytes = v;
+        }
+        if let Some(v) = get(&lookup, "HODEI_MAX_STAGES", count)? {
+            self.max_stages = v;
+        }
+        if let Some(v) = get(&lookup, "HODEI_MAX_LOG_LINE_BYTES", quantity_str::parse)? {
+            self.max_log_line_bytes = v;
+        }
+        if let Some(v) = get(&lookup, "HODEI_MAX_GRPC_MESSAGE_BYTES", quantity_str::parse)? {
+            self.max_grpc_message_bytes = v;
         }
         if let Some(v) = get(&lookup, "HODEI_WORKER_BINARY", path)? {
             self.worker_binary = Some(v);
@@ -801,6 +879,9 @@ mod tests {
             "expected a non-empty secret",
         );
         check("HODEI_CLIENT_TOKEN", "", "expected a non-empty secret");
+        check("HODEI_MAX_STAGES", "0", "expected a positive integer");
+        check("HODEI_MAX_PIPELINE_BYTES", "big", "expected a size");
+        check("HODEI_MAX_GRPC_MESSAGE_BYTES", "0", "expected a size");
     }
 
     #[test]
@@ -828,6 +909,51 @@ mod tests {
         let err = Settings::from_toml("static_worker_token = \"\"\n").unwrap_err();
         assert!(err.contains("expected a non-empty secret"), "{err}");
         assert_eq!(format!("{}", Secret::new("x").unwrap()), "****");
+    }
+
+    #[test]
+    fn credentials_come_from_the_table_and_the_environment_and_are_never_printed() {
+        let mut s = Settings::from_toml(
+            "max_stages = 3\n[credentials]\ndeploy-key = \"fr0m-file\"\nother = \"0ther\"\n",
+        )
+        .unwrap();
+        s.apply_credentials_env([
+            (
+                "HODEI_CREDENTIAL_deploy-key".to_owned(),
+                "fr0m-env".to_owned(),
+            ),
+            ("HODEI_CREDENTIAL_API_TOKEN".to_owned(), "t0k".to_owned()),
+            ("HODEI_SERVER".to_owned(), "ignored".to_owned()),
+        ])
+        .unwrap();
+        let values: Vec<(&str, &str)> = s
+            .credentials
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose()))
+            .collect();
+        assert_eq!(
+            values,
+            [
+                ("API_TOKEN", "t0k"),
+                ("deploy-key", "fr0m-env"),
+                ("other", "0ther")
+            ]
+        );
+        assert_eq!(s.max_stages, 3);
+        let printed = format!("{s:?}");
+        for secret in ["fr0m", "0ther", "t0k"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+        for bad in [("HODEI_CREDENTIAL_", "x"), ("HODEI_CREDENTIAL_X", "")] {
+            let err = s
+                .apply_credentials_env([(bad.0.to_owned(), bad.1.to_owned())])
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(bad.0), "{err}");
+            assert!(err.contains("non-empty value"), "{err}");
+        }
+        let err = Settings::from_toml("[credentials]\nk = \"\"\n").unwrap_err();
+        assert!(err.contains("expected a non-empty secret"), "{err}");
     }
 
     #[test]

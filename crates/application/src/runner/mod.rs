@@ -26,8 +26,9 @@
 //! `BUILD_NUMBER`, `JOB_NAME` and `BRANCH_NAME`, then the pipeline's
 //! `environment`, the stage's, and `withEnv`; each value (and each
 //! double-quoted step argument) is expanded against the layers below it.
-//! `credentials('id')` is resolved through a [`SecretResolver`]; the values
-//! are not masked in the output.
+//! `credentials('id')` is resolved through a [`SecretResolver`]; the runner
+//! reports output as it comes, and the job's output (`submit`) masks the
+//! values with [`SecretMasker`](crate::mask::SecretMasker).
 //!
 //! What happens is reported as [`RunEvent`]s to a [`RunOutput`] (stage
 //! headers, step logs, `echo` lines, provisioning notices) and summed up in a

@@ -80,6 +80,14 @@ impl WorkerLink for FakeLink {
                 self.cancelled.notified().await;
                 Ok(StepOutcome::Cancelled)
             }
+            _ if script.starts_with("bytewise ") => {
+                // The output one byte per chunk, on both streams.
+                for byte in format!("{script}\n").bytes() {
+                    sink.log(id, LogStream::Stdout, &[byte]);
+                    sink.log(id, LogStream::Stderr, &[byte]);
+                }
+                Ok(StepOutcome::Success)
+            }
             "chunks" => {
                 sink.log(id, LogStream::Stdout, b"a\nb");
                 sink.log(id, LogStream::Stdout, b"c\n");
@@ -217,6 +225,10 @@ fn setup_with(
             clock: Arc::new(TokioClock(tokio::time::Instant::now())),
             ids: Arc::new(ids),
             provider: Arc::new(provider),
+            secrets: Arc::new(BTreeMap::from([(
+                "deploy-key".to_owned(),
+                "s3cr3t-value".to_owned(),
+            )])),
         },
     );
     Setup { jobs, seen }
@@ -642,6 +654,7 @@ async fn recover_fails_started_jobs_and_runs_queued_ones_again() {
             clock: Arc::new(TokioClock(tokio::time::Instant::now())),
             ids: Arc::new(MockIdGenerator::new()),
             provider: Arc::new(provider),
+            secrets: Arc::new(BTreeMap::<String, String>::new()),
         },
     );
 
@@ -911,4 +924,90 @@ pipeline {
         statuses(&updates),
         [Queued, Running, Provisioning, JobStatusKind::Failed]
     );
+}
+
+#[tokio::test]
+async fn bound_secrets_are_masked_in_stored_and_streamed_lines_and_messages() {
+    let setup = setup();
+    let mut submitted = submission(
+        "sh \"echo ${KEY}\"\n        sh \"bytewise [${KEY}]\"\n        echo \"echoed ${KEY}\"\n        error \"failed with ${KEY}\"",
+    );
+    submitted.pipeline = submitted.pipeline.replace(
+        "agent any\n",
+        "agent any\n  environment { KEY = credentials('deploy-key') }\n",
+    );
+    let job = setup.jobs.submit(submitted).await.unwrap().job_id;
+    let status = setup.jobs.wait(&job).await.unwrap();
+    assert_eq!(
+        status,
+        JobStatus::Failed {
+            reason: "failed with ****".into()
+        }
+    );
+    let mut watch = setup.jobs.watch(&job, 0).await.unwrap();
+    let mut updates = Vec::new();
+    while let Some(update) = watch.next().await {
+        updates.push(update);
+    }
+    let streamed = lines(&updates);
+    for expected in ["out: echo ****", "bytewise [****]", "echoed ****"] {
+        assert!(
+            streamed.iter().any(|l| l == expected),
+            "{expected:?} in {streamed:#?}"
+        );
+    }
+    let stored: Vec<String> = lock(&setup.seen.logs)
+        .iter()
+        .map(|c| String::from_utf8_lossy(&c.data).into_owned())
+        .collect();
+    let everything = format!("{updates:?} {stored:?} {:?}", lock(&setup.seen.saved));
+    assert!(!everything.contains("s3cr3t"), "{everything}");
+    assert!(
+        stored.iter().any(|l| l == "bytewise [****]\n"),
+        "{stored:#?}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_credentials_and_oversized_pipelines_are_refused_with_their_position() {
+    let config = JobsConfig {
+        max_stages: 2,
+        max_pipeline_bytes: 400,
+        ..JobsConfig::default()
+    };
+    let setup = setup_with(config, Ok(()), Provide::Link, false);
+    let check = |submission: Submission, expected: &'static str| {
+        let jobs = setup.jobs.clone();
+        async move {
+            let err = jobs.submit(submission).await.unwrap_err().to_string();
+            assert_eq!(err, expected);
+        }
+    };
+    let mut unknown = submission("sh 'true'");
+    unknown.pipeline = unknown.pipeline.replace(
+        "stage('Build') {\n",
+        "stage('Build') {\n      environment { K = credentials('nope') }\n",
+    );
+    check(
+        unknown,
+        "Jenkinsfile:5:21: no credentials with id 'nope' for environment variable K; \
+         the server's credentials are configured with [credentials] or HODEI_CREDENTIAL_<ID>",
+    )
+    .await;
+    let three = Submission {
+        pipeline: "pipeline { agent any; stages {\n stage('a') { steps { sh 'x' } }\n stage('b') { steps { sh 'x' } }\n stage('c') { steps { sh 'x' } } } }".into(),
+        ..submission("")
+    };
+    check(
+        three,
+        "Jenkinsfile:4:2: the stage count is 3 stages, above the server's limit max_stages = 2",
+    )
+    .await;
+    let long = submission(&"echo 'x'\n".repeat(50));
+    check(
+        long,
+        "Jenkinsfile: the pipeline text is 597 bytes, above the server's limit max_pipeline_bytes = 400",
+    )
+    .await;
+    assert!(lock(&setup.seen.saved).is_empty());
 }

@@ -131,6 +131,8 @@ impl Client {
     /// An `AdminService` client on this connection.
     pub fn admin(&self) -> AdminServiceClient<AuthChannel> {
         AdminServiceClient::with_interceptor(self.channel.clone(), self.token.clone())
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024)
     }
 
     /// Turns a failed call into an error naming the server when it could

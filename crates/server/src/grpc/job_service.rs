@@ -57,9 +57,11 @@ impl JobServiceImpl {
 
 fn status_of(error: JobsError) -> Status {
     match error {
-        JobsError::InvalidName(_) | JobsError::Invalid(_) | JobsError::Unsatisfiable { .. } => {
-            Status::invalid_argument(error.to_string())
-        }
+        JobsError::InvalidName(_)
+        | JobsError::Invalid(_)
+        | JobsError::Unsatisfiable { .. }
+        | JobsError::UnknownCredentials { .. } => Status::invalid_argument(error.to_string()),
+        JobsError::TooLarge { .. } => Status::resource_exhausted(error.to_string()),
         JobsError::NotFound(_) => Status::not_found(error.to_string()),
         JobsError::ShuttingDown => Status::unavailable(error.to_string()),
         JobsError::Store(_) => {
