@@ -1049,6 +1049,207 @@ mod tests {
         );
     }
 
+    /// Records what a step's sink received.
+    #[derive(Default)]
+    struct CountingSink(Mutex<Vec<(String, usize)>>);
+
+    impl LogSink for CountingSink {
+        fn log(
+            &self,
+            step_id: &str,
+            _stream: hodei_application::worker_link::LogStream,
+            data: &[u8],
+        ) {
+            lock(&self.0).push((step_id.to_owned(), data.len()));
+        }
+    }
+
+    /// A link in the middle of a segment: `seg` assigned and not ready,
+    /// steps `s-1` and `s-2` running, a shutdown waiting for the segment's
+    /// end.
+    #[allow(clippy::type_complexity)]
+    fn busy_link() -> (
+        Arc<GrpcWorkerLink>,
+        Arc<CountingSink>,
+        oneshot::Receiver<Result<(), String>>,
+        Vec<(String, oneshot::Receiver<StepOutcome>)>,
+        oneshot::Receiver<()>,
+    ) {
+        let (tx, _rx) = mpsc::channel(4);
+        let link = Arc::new(GrpcWorkerLink::new(WorkerId::new("w-f").unwrap(), tx));
+        let sink = Arc::new(CountingSink::default());
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (finished_tx, finished_rx) = oneshot::channel();
+        let mut steps = Vec::new();
+        {
+            let mut state = lock(&link.state);
+            state.segment = Some("seg".to_owned());
+            state.ready = Some(ready_tx);
+            state.finished = Some(finished_tx);
+            for id in ["s-1", "s-2"] {
+                let (done_tx, done_rx) = oneshot::channel();
+                state.steps.insert(
+                    id.to_owned(),
+                    PendingStep {
+                        sink: sink.clone(),
+                        done: done_tx,
+                    },
+                );
+                steps.push((id.to_owned(), done_rx));
+            }
+        }
+        (link, sink, ready_rx, steps, finished_rx)
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn id() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("seg".to_owned()),
+                Just("s-1".to_owned()),
+                Just("s-2".to_owned()),
+                Just(String::new()),
+                ".{0,12}",
+            ]
+        }
+
+        fn kind() -> impl Strategy<Value = Option<worker_message::Kind>> {
+            use worker_message::Kind;
+            prop_oneof![
+                Just(None),
+                (id(), ".{0,16}", any::<bool>()).prop_map(|(worker_id, token, ephemeral)| Some(
+                    Kind::Hello(pb::Hello {
+                        worker_id,
+                        token,
+                        ephemeral,
+                        ..Default::default()
+                    })
+                )),
+                (id(), ".{0,8}").prop_map(|(segment_id, workspace)| Some(Kind::SegmentReady(
+                    pb::SegmentReady {
+                        segment_id,
+                        workspace
+                    }
+                ))),
+                (id(), any::<u64>()).prop_map(|(step_id, started_at_ms)| Some(Kind::StepStarted(
+                    pb::StepStarted {
+                        step_id,
+                        started_at_ms
+                    }
+                ))),
+                (
+                    id(),
+                    any::<i32>(),
+                    proptest::collection::vec(any::<u8>(), 0..512),
+                    any::<u64>()
+                )
+                    .prop_map(|(step_id, stream, data, sequence)| Some(
+                        Kind::LogChunk(pb::LogChunk {
+                            step_id,
+                            stream,
+                            data,
+                            sequence
+                        })
+                    )),
+                (id(), any::<i32>(), any::<i32>(), ".{0,12}", any::<u64>()).prop_map(
+                    |(step_id, exit_code, outcome, message, duration_ms)| Some(Kind::StepFinished(
+                        pb::StepFinished {
+                            step_id,
+                            exit_code,
+                            outcome,
+                            message,
+                            duration_ms
+                        }
+                    ))
+                ),
+                (id(), any::<i32>(), ".{0,12}").prop_map(|(segment_id, outcome, message)| Some(
+                    Kind::SegmentFinished(pb::SegmentFinished {
+                        segment_id,
+                        outcome,
+                        message
+                    })
+                )),
+                any::<u64>()
+                    .prop_map(|sent_at_ms| Some(Kind::Heartbeat(pb::Heartbeat { sent_at_ms }))),
+            ]
+        }
+
+        proptest! {
+            /// Whatever a worker sends, in any order (a second hello,
+            /// unknown or finished steps and segments, out-of-order
+            /// results, arbitrary enum values and bytes), the server does
+            /// not panic, each step gets at most its one outcome and only
+            /// its own output, and losing the worker afterwards still ends
+            /// every wait.
+            #[test]
+            fn arbitrary_worker_messages_never_panic(kinds in proptest::collection::vec(kind(), 0..48)) {
+                let (link, sink, mut ready, mut steps, mut finished) = busy_link();
+                let mut finished_steps = HashSet::new();
+                for kind in kinds {
+                    if let Some(worker_message::Kind::StepFinished(f)) = &kind
+                        && lock(&link.state).steps.contains_key(&f.step_id)
+                    {
+                        finished_steps.insert(f.step_id.clone());
+                    }
+                    link.handle(WorkerMessage { kind });
+                }
+                for (id, len) in lock(&sink.0).iter() {
+                    prop_assert!(id == "s-1" || id == "s-2", "output routed to {id:?} ({len} bytes)");
+                }
+                for (id, done) in &mut steps {
+                    let got = done.try_recv();
+                    prop_assert_eq!(got.is_ok(), finished_steps.contains(id.as_str()), "{}", id);
+                }
+                link.mark_lost("gone".to_owned());
+                prop_assert!(!matches!(ready.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+                prop_assert!(!matches!(finished.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+                for (_, done) in &mut steps {
+                    prop_assert!(!matches!(done.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+                }
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let err = rt.block_on(link.run_step(
+                    StepRequest {
+                        step_id: "s-3".into(),
+                        stage: "S".into(),
+                        action: hodei_application::worker_link::StepAction::Sh { script: "true".into() },
+                        environment: Default::default(),
+                        dir: String::new(),
+                    },
+                    sink.clone(),
+                ));
+                prop_assert!(matches!(err, Err(LinkError::Lost { .. })), "{err:?}");
+            }
+        }
+
+        #[test]
+        fn a_huge_chunk_reaches_its_step_whole_and_a_late_one_is_dropped() {
+            let (link, sink, _ready, mut steps, _finished) = busy_link();
+            let chunk = |step: &str| WorkerMessage {
+                kind: Some(worker_message::Kind::LogChunk(pb::LogChunk {
+                    step_id: step.to_owned(),
+                    stream: 1,
+                    data: vec![b'x'; 8 << 20],
+                    sequence: 0,
+                })),
+            };
+            link.handle(chunk("s-1"));
+            link.handle(WorkerMessage {
+                kind: Some(worker_message::Kind::StepFinished(pb::StepFinished {
+                    step_id: "s-1".into(),
+                    outcome: pb::StepOutcome::Success as i32,
+                    ..Default::default()
+                })),
+            });
+            link.handle(chunk("s-1"));
+            link.handle(chunk("nobody"));
+            assert_eq!(*lock(&sink.0), [("s-1".to_owned(), 8 << 20)]);
+            assert_eq!(steps[0].1.try_recv().unwrap(), StepOutcome::Success);
+        }
+    }
+
     #[test]
     fn constant_time_comparison() {
         fn check(a: &str, b: &str, expected: bool) {
