@@ -520,3 +520,45 @@ fn a_failed_init_container_or_an_oom_kill_fails_the_pod() {
         assert!(docker_ps(&ns, "oom").is_empty() && docker_ps(&ns, "init-fails").is_empty());
     });
 }
+
+#[test]
+fn logs_follow_a_running_container_to_its_end() {
+    run(async {
+        let ns = namespace();
+        let Some((fake, client, pods)) = docker_fake(&ns).await else {
+            return;
+        };
+        let spec = pod_from(json!({
+            "metadata": {"name": "talks"},
+            "spec": {"restartPolicy": "Never", "containers": [{
+                "name": "main", "image": "hodei/worker:test",
+                "command": ["sh", "-c", "echo one; sleep 1; echo two"]
+            }]}
+        }));
+        pods.create(&PostParams::default(), &spec)
+            .await
+            .expect("created");
+        until(&pods, "talks", |p| phase(p) != "Pending").await;
+        let path = format!("/api/v1/namespaces/{ns}/pods/talks/log?container=main&follow=true");
+        let (code, text) =
+            crate::support::raw(&client, axum::http::Method::GET, &path, "", "").await;
+        assert_eq!(code, 200);
+        assert_eq!(
+            text,
+            json!("one\ntwo\n"),
+            "the stream ends when the container does"
+        );
+        let tail = pods
+            .logs(
+                "talks",
+                &LogParams {
+                    tail_lines: Some(1),
+                    ..LogParams::default()
+                },
+            )
+            .await
+            .expect("logs");
+        assert_eq!(tail, "two\n");
+        fake.shutdown().await;
+    });
+}
