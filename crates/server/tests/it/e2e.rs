@@ -513,6 +513,47 @@ fn shutdown_cancels_running_jobs_and_leaves_no_worker() {
     });
 }
 
+/// A worker lost in the middle of a stage with `options { retry }`: its
+/// backend object (the process) is deleted and the stage runs again on a
+/// new worker.
+#[test]
+fn a_lost_worker_is_deleted_and_stage_retry_runs_the_stage_on_a_new_worker() {
+    run(async {
+        let server = start_with(|s| s.worker_lost_after = Duration::from_secs(2)).await;
+        let marker = tempfile::tempdir().unwrap();
+        let marker = marker.path().join("first-attempt");
+        let mut client = server.jobs().await;
+        let pipeline = format!(
+            "pipeline {{ agent none; stages {{ stage('Flaky') {{ agent any; options {{ retry(2) }}; steps {{ sh 'if [ -e {m} ]; then echo second attempt; else touch {m}; echo started; sleep 300; fi' }} }} }} }}",
+            m = marker.display()
+        );
+        let job = submit(&mut client, &pipeline, Vec::new()).await.unwrap();
+        watch_until_line(&mut client, &job, "started").await;
+        let first = server.handle.created_workers();
+        assert_eq!(first.len(), 1);
+        let status = std::process::Command::new("kill")
+            .args(["-STOP", &first[0].backend_id])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let watched = watch(&mut client, &job, 0).await;
+        assert_eq!(
+            status_of(&watched).0,
+            pb::JobStatus::Success,
+            "{watched:#?}"
+        );
+        assert!(watched.has_line("second attempt"), "{watched:#?}");
+        assert!(
+            watched.has_line("no message from the worker for 2s"),
+            "{watched:#?}"
+        );
+        let created = server.handle.created_workers();
+        assert_eq!(created.len(), 2);
+        assert_no_worker_process(&first).await;
+        server.stop().await;
+    });
+}
+
 #[test]
 fn a_silent_worker_is_lost_after_worker_lost_after() {
     run(async {

@@ -211,3 +211,154 @@ fn credentials_reach_steps_as_environment_and_never_appear_in_logs() {
         server.stop().await;
     });
 }
+
+#[test]
+fn input_limits_are_refused_with_the_setting_and_long_lines_are_cut() {
+    run(async {
+        let server = start_with(|s| {
+            s.max_pipeline_bytes = 2048;
+            s.max_stages = 2;
+            s.max_log_line_bytes = 1024;
+            s.max_grpc_message_bytes = 64 * 1024;
+        })
+        .await;
+        let mut client = server.jobs().await;
+        let check = async |client: &mut JobServiceClient<tonic::transport::Channel>,
+                           pipeline: String,
+                           expected: &str| {
+            let refused = submit(client, &pipeline, Vec::new()).await.unwrap_err();
+            assert_eq!(
+                refused.code(),
+                tonic::Code::ResourceExhausted,
+                "{refused:?}"
+            );
+            assert!(refused.message().contains(expected), "{refused:?}");
+        };
+        let padded = |bytes: usize| {
+            format!(
+                "pipeline {{ agent any; stages {{ stage('A') {{ steps {{ sh 'true' }} }} }} }}\n//{}",
+                "x".repeat(bytes)
+            )
+        };
+        check(
+            &mut client,
+            padded(3000),
+            "above the server's limit max_pipeline_bytes = 2048",
+        )
+        .await;
+        // Past the gRPC limit the message is refused before it is read
+        // whole, with gRPC's own words.
+        let refused = submit(&mut client, &padded(100 * 1024), Vec::new())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+        assert!(
+            refused.message().contains(
+                "message length too large: found 102498 bytes, the limit is: 65536 bytes"
+            ),
+            "{refused:?}"
+        );
+        check(
+            &mut client,
+            "pipeline { agent any; stages {\n stage('a') { steps { sh 'true' } }\n stage('b') { steps { sh 'true' } }\n stage('c') { steps { sh 'true' } } } }".to_owned(),
+            "Jenkinsfile:4:2: the stage count is 3 stages, above the server's limit max_stages = 2",
+        )
+        .await;
+
+        let job = submit(
+            &mut client,
+            "pipeline { agent any; stages { stage('A') { steps { sh 'head -c 5000 /dev/zero | tr -c y y; echo; echo short' } } } }",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+        let watched = watch(&mut client, &job, 0).await;
+        assert_eq!(
+            watched.status.as_ref().map(|s| s.0),
+            Some(pb::JobStatus::Success),
+            "{watched:#?}"
+        );
+        let pieces: Vec<usize> = watched
+            .lines
+            .iter()
+            .filter(|l| l.starts_with('y'))
+            .map(String::len)
+            .collect();
+        assert_eq!(pieces, [1024, 1024, 1024, 1024, 904]);
+        assert!(watched.has_line("short"));
+        server.stop().await;
+    });
+}
+
+#[test]
+fn malformed_worker_streams_are_refused_and_the_server_keeps_serving() {
+    use hodei_proto::v1::worker_service_client::WorkerServiceClient;
+    run(async {
+        let server = start_with(|s| s.max_grpc_message_bytes = 64 * 1024).await;
+        let mut workers = WorkerServiceClient::new(server.channel().await);
+        let connect = async |workers: &mut WorkerServiceClient<tonic::transport::Channel>,
+                             first: pb::worker_message::Kind| {
+            let message = pb::WorkerMessage { kind: Some(first) };
+            match workers.connect(tokio_stream::iter(vec![message])).await {
+                Ok(response) => {
+                    // Refusals may also come as the stream's first item.
+                    let mut stream = response.into_inner();
+                    stream.message().await.expect_err("the stream is refused")
+                }
+                Err(status) => status,
+            }
+        };
+        let refused = connect(
+            &mut workers,
+            pb::worker_message::Kind::StepStarted(pb::StepStarted {
+                step_id: "s-1".into(),
+                started_at_ms: 0,
+            }),
+        )
+        .await;
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused
+                .message()
+                .contains("expected hello as the first message")
+        );
+        let refused = connect(
+            &mut workers,
+            pb::worker_message::Kind::Hello(pb::Hello {
+                worker_id: "w-huge".into(),
+                name: "n".repeat(200 * 1024),
+                ..Default::default()
+            }),
+        )
+        .await;
+        assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+        assert!(
+            refused.message().contains("the limit is: 65536 bytes"),
+            "{refused:?}"
+        );
+        let refused = connect(
+            &mut workers,
+            pb::worker_message::Kind::Hello(pb::Hello {
+                worker_id: "w-unknown".into(),
+                token: "guess3d".into(),
+                ephemeral: true,
+                ..Default::default()
+            }),
+        )
+        .await;
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        assert!(!refused.message().contains("guess3d"));
+
+        let mut client = server.jobs().await;
+        let job = submit(
+            &mut client,
+            "pipeline { agent any; stages { stage('A') { steps { sh 'echo still serving' } } } }",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+        let watched = watch(&mut client, &job, 0).await;
+        assert!(watched.has_line("still serving"), "{watched:#?}");
+        server.stop().await;
+    });
+}
