@@ -127,6 +127,7 @@ pub struct WorkerTemplate {
     environment: BTreeMap<String, String>,
     timeout_minutes: u32,
     max_concurrent_jobs: u32,
+    run_as_user: Option<u32>,
 }
 
 impl WorkerTemplate {
@@ -161,6 +162,7 @@ impl WorkerTemplate {
             environment: BTreeMap::new(),
             timeout_minutes: Self::DEFAULT_TIMEOUT_MINUTES,
             max_concurrent_jobs: Self::DEFAULT_MAX_CONCURRENT_JOBS,
+            run_as_user: None,
         })
     }
 
@@ -241,6 +243,14 @@ impl WorkerTemplate {
         Ok(self)
     }
 
+    /// Sets the user id workers run as: above 0, a non-root user (for a
+    /// pod: `runAsNonRoot` with that `runAsUser`); 0, root; `None` (the
+    /// default), the image's own user unless the backend says otherwise.
+    pub fn with_run_as_user(mut self, uid: Option<u32>) -> Self {
+        self.run_as_user = uid;
+        self
+    }
+
     /// The template's id.
     pub fn id(&self) -> &TemplateId {
         &self.id
@@ -289,6 +299,12 @@ impl WorkerTemplate {
     /// Jobs that may run at once on workers of this template (default 5).
     pub fn max_concurrent_jobs(&self) -> u32 {
         self.max_concurrent_jobs
+    }
+
+    /// The user id workers run as, when the template says (see
+    /// [`WorkerTemplate::with_run_as_user`]).
+    pub fn run_as_user(&self) -> Option<u32> {
+        self.run_as_user
     }
 
     /// The five built-in templates, in this order: `java-maven`,
@@ -447,6 +463,10 @@ pub struct WorkerTemplateSpec {
     /// Jobs that may run at once on workers of this template.
     #[serde(default = "default_max_concurrent_jobs")]
     pub max_concurrent_jobs: u32,
+    /// The user id workers run as (above 0: non-root); absent: the
+    /// image's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_user: Option<u32>,
 }
 
 impl TryFrom<WorkerTemplateSpec> for WorkerTemplate {
@@ -462,6 +482,7 @@ impl TryFrom<WorkerTemplateSpec> for WorkerTemplate {
             .with_environment(spec.environment)?
             .with_timeout_minutes(spec.timeout_minutes)?
             .with_max_concurrent_jobs(spec.max_concurrent_jobs)
+            .map(|t| t.with_run_as_user(spec.run_as_user))
     }
 }
 
@@ -477,6 +498,7 @@ impl From<WorkerTemplate> for WorkerTemplateSpec {
             environment: t.environment,
             timeout_minutes: t.timeout_minutes,
             max_concurrent_jobs: t.max_concurrent_jobs,
+            run_as_user: t.run_as_user,
         }
     }
 }
@@ -542,7 +564,20 @@ mod tests {
             environment: BTreeMap::new(),
             timeout_minutes: 30,
             max_concurrent_jobs: 5,
+            run_as_user: None,
         }
+    }
+
+    #[test]
+    fn the_user_travels_through_the_spec() {
+        let mut with_user = spec();
+        with_user.run_as_user = Some(1000);
+        let template = WorkerTemplate::try_from(with_user.clone()).unwrap();
+        assert_eq!(template.run_as_user(), Some(1000));
+        let back = WorkerTemplateSpec::from(template);
+        assert_eq!(back.run_as_user, Some(1000));
+        let plain = WorkerTemplate::try_from(spec()).unwrap();
+        assert_eq!(plain.run_as_user(), None);
     }
 
     fn check(edit: impl FnOnce(&mut WorkerTemplateSpec), expected: Result<(), (&str, &str)>) {

@@ -17,6 +17,7 @@
 //!       CARGO_HOME: /cache/cargo
 //!     timeout_minutes: 30       # default 30
 //!     max_concurrent_jobs: 5    # default 5
+//!     run_as_user: 1000         # optional: a non-root user id (0: root; absent: the image's user)
 //! ```
 //!
 //! Only `id`, `image` and `resources` (with `cpu` and `memory`) are
@@ -128,6 +129,7 @@ const TEMPLATE_FIELDS: &[&str] = &[
     "environment",
     "timeout_minutes",
     "max_concurrent_jobs",
+    "run_as_user",
 ];
 
 const RESOURCE_FIELDS: &[&str] = &["cpu", "memory", "cpu_limit", "memory_limit", "storage"];
@@ -303,6 +305,7 @@ fn parse_template(value: &Value) -> Result<WorkerTemplate, FieldError> {
             .unwrap_or(WorkerTemplate::DEFAULT_TIMEOUT_MINUTES),
         max_concurrent_jobs: field(map, "max_concurrent_jobs", "max_concurrent_jobs")?
             .unwrap_or(WorkerTemplate::DEFAULT_MAX_CONCURRENT_JOBS),
+        run_as_user: field(map, "run_as_user", "run_as_user")?,
     };
     WorkerTemplate::try_from(spec).map_err(|e| (e.field().to_owned(), e.to_string()))
 }
@@ -362,6 +365,13 @@ templates:
         assert_eq!(tiny.timeout_minutes(), 30);
         assert_eq!(tiny.max_concurrent_jobs(), 5);
         assert!(tiny.capabilities().is_empty());
+        assert_eq!(rust.run_as_user(), None);
+        let non_root = parse_templates(
+            "templates:\n  - id: n\n    image: i\n    resources: {cpu: 1, memory: 1Gi}\n    run_as_user: 1000\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(non_root[0].run_as_user(), Some(1000));
     }
 
     /// Parses a file whose single template has `fields` (YAML lines at
@@ -380,7 +390,11 @@ templates:
     fn errors_name_the_template_and_the_field() {
         check(
             "id: x\nimage: i\nresources: {cpu: 1, memory: 1Gi}\ncolour: red",
-            "t.yaml: template \"x\" (templates[1]): field `colour`: unknown field, expected one of `id`, `name`, `description`, `image`, `capabilities`, `resources`, `environment`, `timeout_minutes`, `max_concurrent_jobs`",
+            "t.yaml: template \"x\" (templates[1]): field `colour`: unknown field, expected one of `id`, `name`, `description`, `image`, `capabilities`, `resources`, `environment`, `timeout_minutes`, `max_concurrent_jobs`, `run_as_user`",
+        );
+        check(
+            "id: x\nimage: i\nresources: {cpu: 1, memory: 1Gi}\nrun_as_user: -1",
+            "t.yaml: template \"x\" (templates[1]): field `run_as_user`: invalid value: integer `-1`, expected u32",
         );
         check(
             "id: x\nimage: i\nresources: {cpu: 1, memory: 1Gi, gpu: 1}",

@@ -7,7 +7,8 @@
 //!   the template's requests and limits, `activeDeadlineSeconds` from the
 //!   template's timeout (a backstop if the server never comes back),
 //!   [`KubernetesConfig::service_account`], and a non-root security
-//!   context when [`KubernetesConfig::run_as_user`] says so. An init
+//!   context when the template's `run_as_user` (or else
+//!   [`KubernetesConfig::run_as_user`]) says so. An init
 //!   container from [`KubernetesConfig::worker_image`] copies the static
 //!   worker into an `emptyDir`, and the template's image runs it as its
 //!   command, so any image with a `/bin/sh` runs steps. The worker gets the
@@ -108,7 +109,7 @@ pub struct KubernetesConfig {
     pub burst: u32,
     /// A user id above 0 runs the pod as that user with `runAsNonRoot`,
     /// no privilege escalation and no capabilities (`None`: the image's
-    /// user).
+    /// user). A template's own `run_as_user` wins over it.
     pub run_as_user: Option<i64>,
     /// Given to workers as `HODEI_SERVER_LOST_GRACE`.
     pub server_lost_grace: Option<Duration>,

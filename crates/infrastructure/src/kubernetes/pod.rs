@@ -181,7 +181,12 @@ pub fn template_pod(config: &KubernetesConfig, spec: &WorkerSpec) -> Pod {
     }
     let non_empty = |map: BTreeMap<String, Quantity>| (!map.is_empty()).then_some(map);
 
-    let non_root = config.run_as_user.filter(|uid| *uid > 0);
+    // The template's choice (0: root), else the backend's default.
+    let user = match spec.template.run_as_user() {
+        Some(uid) => Some(i64::from(uid)),
+        None => config.run_as_user,
+    };
+    let non_root = user.filter(|uid| *uid > 0);
     let container_security = non_root.map(|_| SecurityContext {
         allow_privilege_escalation: Some(false),
         capabilities: Some(Capabilities {
@@ -499,5 +504,27 @@ pub(crate) mod tests {
             .map(|v| v.name.as_str())
             .collect();
         assert_eq!(volumes, [WORKSPACE_VOLUME]);
+
+        // The template's choice wins: root explicitly, or its own user.
+        let with_user = |config: &KubernetesConfig, uid: u32| {
+            let mut spec = crate::kubernetes::pod::tests::spec(None);
+            spec.template = spec.template.clone().with_run_as_user(Some(uid));
+            worker_pod(config, &spec)
+                .unwrap()
+                .spec
+                .unwrap()
+                .security_context
+        };
+        assert_eq!(with_user(&config, 0), None);
+        assert_eq!(with_user(&config, 2000).unwrap().run_as_user, Some(2000));
+        let security = with_user(&super::tests::config(), 65534).unwrap();
+        assert_eq!(
+            (
+                security.run_as_non_root,
+                security.run_as_user,
+                security.fs_group
+            ),
+            (Some(true), Some(65534), Some(65534))
+        );
     }
 }

@@ -293,6 +293,9 @@ pub fn template_from_proto(template: pb::WorkerTemplate) -> Result<WorkerTemplat
         } else {
             template.max_concurrent_jobs
         },
+        // The admin API does not carry it: templates put through it run
+        // as their image's user unless the backend says otherwise.
+        run_as_user: None,
     };
     WorkerTemplate::try_from(spec).map_err(|e| format!("template.{}: {e}", e.field()))
 }

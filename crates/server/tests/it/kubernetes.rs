@@ -754,3 +754,51 @@ fn examples_hello_runs_in_real_containers_from_the_pod_spec() {
         fake.shutdown().await;
     });
 }
+
+#[test]
+fn a_template_with_a_non_root_user_runs_its_steps_as_that_user() {
+    if !docker_images_ready() {
+        return;
+    }
+    run(async {
+        let fake = FakeKube::start_with(FakeOptions {
+            kubelet: Kubelet::Docker(DockerKubelet::default()),
+            ..FakeOptions::default()
+        })
+        .await
+        .expect("the fake starts with its docker kubelet");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let templates = dir.path().join("non-root.yaml");
+        std::fs::write(
+            &templates,
+            "templates:\n  - id: k8s-test\n    image: hodei/worker:test-alt\n    resources: {cpu: 100m, memory: 256Mi}\n    run_as_user: 65534\n",
+        )
+        .expect("the templates file is written");
+        let (server, _dir) = start_server(&fake, "hodei/worker:test-alt", |s| {
+            s.kubernetes_worker_image = "hodei/worker:test".to_owned();
+            s.templates = Some(templates);
+        })
+        .await;
+        let mut jobs = server.jobs().await;
+        let pipeline = "pipeline {\n agent any\n stages { stage('S') { steps { sh 'echo \"uid=$(id -u)\"' } } }\n}";
+        let job = submit(&mut jobs, pipeline, Vec::new())
+            .await
+            .expect("the job is accepted");
+        let pod = pod_of(&fake, &job).await;
+        let security = pod.spec.as_ref().unwrap().security_context.clone().unwrap();
+        assert_eq!(security.run_as_non_root, Some(true));
+        let worker = label(&pod, LABEL_WORKER_ID).unwrap().to_owned();
+        let watched = watch(&mut jobs, &job, 0).await;
+        assert_eq!(
+            watched.status.as_ref().map(|(s, _)| *s),
+            Some(pb::JobStatus::Success),
+            "{watched:#?}"
+        );
+        assert!(watched.has_line("uid=65534"), "{watched:#?}");
+        assert_gone(&fake, &worker).await;
+        server.stop().await;
+        let left = fake.docker_containers().await;
+        assert!(left.is_empty(), "containers left: {left:?}");
+        fake.shutdown().await;
+    });
+}
