@@ -26,6 +26,9 @@
 //! through `AdminService.PutTemplate`, as an operator would), so neither
 //! serialises the jobs. Everything else is the default configuration.
 //!
+//! The store is the default (`sqlite` in the phase's data directory);
+//! `HODEI_STORE=memory` runs the phases with the in-memory store instead.
+//!
 //! Workers are the release `hodei-worker` binary (what the local backend
 //! starts when it is installed next to `hodei`), built with `cargo build
 //! --release -p hodei-worker` into the bench's own target directory before
@@ -169,7 +172,7 @@ impl Bench {
 /// caps raised to [`WORKER_CAP`].
 async fn start(worker: &Worker, phase: &str) -> anyhow::Result<Bench> {
     let data = tempfile::tempdir().context("cannot create a data directory")?;
-    let settings = Settings {
+    let mut settings = Settings {
         grpc_addr: "127.0.0.1:0".parse()?,
         http_addr: "127.0.0.1:0".parse()?,
         data_dir: data.path().to_owned(),
@@ -179,6 +182,12 @@ async fn start(worker: &Worker, phase: &str) -> anyhow::Result<Bench> {
         max_workers: WORKER_CAP,
         ..Settings::default()
     };
+    // `HODEI_STORE=memory` compares with the store kept in memory.
+    if let Ok(store) = std::env::var("HODEI_STORE") {
+        settings.store = store
+            .parse()
+            .map_err(|e| anyhow::anyhow!("HODEI_STORE: {e}"))?;
+    }
     let handle = Server::start(settings).await?;
     let channel = Channel::from_shared(handle.grpc_url())?
         .connect()
