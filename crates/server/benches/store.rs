@@ -20,6 +20,8 @@
 //! jobs whose logs are streamed (1000). The data directory is a temporary
 //! directory under `HODEI_BENCH_DIR` (default: the system's), removed at
 //! the end; check the free space first (jobs × log bytes, plus about 10 %).
+//! The server is the release `hodei` built into this bench's target
+//! directory, or the executable `HODEI_BENCH_HODEI` names.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -59,7 +61,10 @@ fn main() -> anyhow::Result<()> {
     let parent = std::env::var_os("HODEI_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
-    let hodei = build_release_hodei()?;
+    let hodei = match std::env::var_os("HODEI_BENCH_HODEI") {
+        Some(path) => PathBuf::from(path),
+        None => build_release_hodei()?,
+    };
     println!(
         "{jobs} jobs × {log_bytes} log bytes in chunks of {chunk_bytes}; {streamed} logs streamed, {STREAMS} at a time"
     );
