@@ -538,6 +538,109 @@ fn a_restarted_server_deletes_the_pods_it_left_behind() {
     });
 }
 
+/// The verb and resource RBAC sees in a request to the API server
+/// (`"watch pods"`, `"get pods/log"`), with the request's namespace; `None`
+/// for discovery paths, which every authenticated client may read.
+fn rbac_verb(request: &hodei_kube_fake::RequestRecord) -> Option<(String, String)> {
+    let rest = request.path.strip_prefix("/api/v1/namespaces/")?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (namespace, resource, item) = match parts.as_slice() {
+        [ns, resource] => (*ns, (*resource).to_owned(), false),
+        [ns, resource, _] => (*ns, (*resource).to_owned(), true),
+        [ns, resource, _, sub] => (*ns, format!("{resource}/{sub}"), true),
+        _ => panic!("a request RBAC would not know: {request:?}"),
+    };
+    let verb = match (request.method.as_str(), item) {
+        ("GET", false) if request.is_watch() => "watch",
+        ("GET", false) => "list",
+        ("GET", true) => "get",
+        ("POST", false) => "create",
+        ("PUT", true) => "update",
+        ("PATCH", true) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => panic!("a request RBAC would not know: {request:?}"),
+    };
+    Some((namespace.to_owned(), format!("{verb} {resource}")))
+}
+
+#[test]
+fn every_request_the_backend_makes_is_granted_by_the_role_in_k8s() {
+    run(async {
+        let fake = FakeKube::start().await.expect("the fake starts");
+        let client = kube::Client::try_from(fake.client_config(NS)).expect("a client");
+        let server_id = format!("k8s-rbac-{}", std::process::id());
+        plant(&client, &server_id, "left-behind").await;
+        let planted = fake.requests().len();
+        let id = server_id.clone();
+        let (server, _dir) = start_server(&fake, "hodei/worker:test", move |s| {
+            s.server_id = Some(id);
+        })
+        .await;
+        let mut jobs = server.jobs().await;
+        // A job that runs, then a worker that exits before connecting (its
+        // log is read): what a server does in a day, after deleting what
+        // it left behind at start.
+        let pipeline = "pipeline {\n agent { template 'k8s-test' }\n stages { stage('S') { steps { sh 'true' } } }\n}";
+        let job = submit(&mut jobs, pipeline, Vec::new())
+            .await
+            .expect("the job is accepted");
+        let pod = pod_of(&fake, &job).await;
+        let worker = label(&pod, LABEL_WORKER_ID).unwrap().to_owned();
+        let worker_task = run_pod_worker(&fake, &pod);
+        let watched = watch(&mut jobs, &job, 0).await;
+        assert_eq!(
+            watched.status.as_ref().map(|(s, _)| *s),
+            Some(pb::JobStatus::Success),
+            "{watched:#?}"
+        );
+        assert_gone(&fake, &worker).await;
+        worker_task.await.expect("the worker ends");
+        check_failure(
+            &fake,
+            &mut jobs,
+            |f, pod| {
+                f.set_pod_log(NS, pod, "worker", "cannot start\n");
+                f.set_terminated(NS, pod, "worker", 2, "Error", "");
+            },
+            "last lines: cannot start",
+        )
+        .await;
+        server.stop().await;
+        let requests = fake.requests();
+        fake.shutdown().await;
+
+        let (role_ns, granted) = crate::manifests::role_grants();
+        assert_eq!(role_ns, NS);
+        let used: std::collections::BTreeSet<String> = requests[planted..]
+            .iter()
+            .filter_map(rbac_verb)
+            .map(|(namespace, verb)| {
+                assert_eq!(namespace, role_ns, "only the workers' namespace");
+                verb
+            })
+            .collect();
+        for expected in [
+            "create pods",
+            "watch pods",
+            "delete pods",
+            "create secrets",
+            "list secrets",
+            "get pods/log",
+        ] {
+            assert!(
+                used.contains(expected),
+                "the backend did {expected}: {used:?}"
+            );
+        }
+        let refused: Vec<&String> = used.difference(&granted).collect();
+        assert!(
+            refused.is_empty(),
+            "k8s/rbac.yaml does not grant {refused:?}"
+        );
+    });
+}
+
 #[test]
 fn jobs_wait_through_an_api_server_outage_and_run_after_it() {
     run(async {

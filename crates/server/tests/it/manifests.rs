@@ -104,6 +104,33 @@ fn container<'a>(deployment: &'a Deployment, name: &str) -> &'a Container {
         .unwrap_or_else(|| panic!("the Deployment has a container {name}"))
 }
 
+/// The namespace of the Role the server is bound to, and what it grants,
+/// as `"verb resource"` (`"get pods/log"`).
+pub(crate) fn role_grants() -> (String, BTreeSet<String>) {
+    let docs = documents();
+    let binding: RoleBinding = object(&docs, "RoleBinding", "hodei-server-worker-manager");
+    let role: Role = object(&docs, "Role", &binding.role_ref.name);
+    let namespace = role.metadata.namespace.clone().expect("a namespaced Role");
+    let granted = role
+        .rules
+        .iter()
+        .flatten()
+        .flat_map(|rule| {
+            assert_eq!(
+                rule.api_groups.as_deref(),
+                Some(&[String::new()][..]),
+                "core group only"
+            );
+            let resources = rule.resources.clone().unwrap_or_default();
+            resources
+                .into_iter()
+                .flat_map(|r| rule.verbs.iter().map(move |v| format!("{v} {r}")))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    (namespace, granted)
+}
+
 #[test]
 fn the_kustomization_lists_every_manifest_and_each_is_a_known_kind() {
     let on_disk: BTreeSet<String> = std::fs::read_dir(k8s_dir())
