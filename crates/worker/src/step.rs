@@ -143,6 +143,27 @@ pub fn signal_group(pgid: u32, signal: Signal) {
     }
 }
 
+/// Kills a step's whole process group when dropped. A step whose worker
+/// stops waiting for it (the worker exiting on any path, its task dropped)
+/// must leave nothing running, and the child's `kill_on_drop` alone would
+/// kill the shell but not what the shell started.
+struct GroupKiller(Option<u32>);
+
+impl GroupKiller {
+    /// The group has been dealt with: dropping kills nothing.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            signal_group(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
 async fn run_sh(
     spec: &StepSpec,
     script: &str,
@@ -189,6 +210,7 @@ async fn run_sh(
         }
     };
     let pgid = child.id().unwrap_or(0);
+    let mut group = GroupKiller(Some(pgid));
     let oom_kills_before = oom_kills();
     let _ = out
         .send(message(worker_message::Kind::StepStarted(StepStarted {
@@ -272,6 +294,7 @@ async fn run_sh(
     // The shell is gone; whatever it left running in its group goes too, so
     // that nothing outlives the step and the pipes reach end of file.
     signal_group(pgid, Signal::SIGKILL);
+    group.disarm();
     let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     while pipes_open {
         match tokio::time::timeout_at(drain_deadline, chunk_rx.recv()).await {
@@ -376,5 +399,75 @@ mod tests {
         check(255 << 8, 255);
         check(9, 137);
         check(15, 143);
+    }
+
+    /// Whether `pid` is a process that has not ended (a zombie has ended).
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let state = stat
+                    .rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .next()?
+                    .to_owned();
+                Some(state != "Z" && state != "X")
+            })
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn a_step_dropped_mid_run_leaves_no_process_of_its_group() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let pid_file = dir.path().join("pid");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let (out, mut sent) = mpsc::channel(64);
+        let (_stop_tx, stop) = watch::channel(Stop::No);
+        let spec = StepSpec {
+            step_id: "s-1".into(),
+            action: Action::Sh(format!(
+                "sleep 300 & echo $! > {}; wait",
+                pid_file.display()
+            )),
+            dir: dir.path().to_owned(),
+            env: HashMap::new(),
+            timeout: None,
+            kill_grace: Duration::from_secs(5),
+        };
+        runtime.spawn(run_step(spec, out, stop));
+        // Run until the background `sleep` has been started, then stop
+        // waiting for the step the way an exiting worker does: by dropping
+        // its runtime with the step still running.
+        let sleeper: u32 = runtime.block_on(async {
+            loop {
+                if let Ok(text) = std::fs::read_to_string(&pid_file)
+                    && let Ok(pid) = text.trim().parse()
+                {
+                    break pid;
+                }
+                tokio::select! {
+                    _ = sent.recv() => {}
+                    () = tokio::time::sleep(Duration::from_millis(10)) => {}
+                }
+            }
+        });
+        assert!(alive(sleeper), "the step's background process runs");
+        drop(runtime);
+        // SIGKILL is delivered before kill(2) returns for a process that is
+        // not blocking it; the process may still need a moment to be reaped
+        // or become a zombie.
+        let mut gone = false;
+        for _ in 0..200 {
+            if !alive(sleeper) {
+                gone = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(gone, "process {sleeper} of the dropped step still runs");
     }
 }
