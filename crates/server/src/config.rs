@@ -217,6 +217,9 @@ pub enum ConfigError {
         /// What was expected.
         expected: String,
     },
+    /// Keys whose values contradict each other; the message names them.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// The server's settings. Every field has a default, so an empty file (or
@@ -428,7 +431,25 @@ impl Settings {
             std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
         )?;
+        settings.check()?;
         Ok(settings)
+    }
+
+    /// Checks what no single key can: a pipeline travels in one gRPC
+    /// message, so `max_grpc_message_bytes` must be larger than
+    /// `max_pipeline_bytes` (otherwise a pipeline under its own limit would
+    /// get gRPC's bare message-size error instead of ours).
+    ///
+    /// # Errors
+    /// [`ConfigError::Conflict`] naming both keys and their values.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.max_grpc_message_bytes <= self.max_pipeline_bytes {
+            return Err(ConfigError::Conflict(format!(
+                "max_grpc_message_bytes ({}) must be larger than max_pipeline_bytes ({}): a pipeline is sent in one gRPC message",
+                self.max_grpc_message_bytes, self.max_pipeline_bytes
+            )));
+        }
+        Ok(())
     }
 
     /// Adds the credentials given as `HODEI_CREDENTIAL_<ID>=value` among
@@ -739,6 +760,22 @@ mod tests {
         assert_eq!(s.max_source_bytes, 64 * 1024 * 1024);
         assert_eq!(s.store, StoreKind::Sqlite);
         assert_eq!(s.store_path(), s.data_dir.join("hodei.db"));
+    }
+
+    #[test]
+    fn a_grpc_message_limit_below_the_pipeline_limit_is_refused_naming_both() {
+        assert!(Settings::default().check().is_ok());
+        let mut s =
+            Settings::from_toml("max_pipeline_bytes = \"2Mi\"\nmax_grpc_message_bytes = \"1Mi\"\n")
+                .unwrap();
+        let err = s.check().unwrap_err().to_string();
+        assert!(
+            err.contains("max_grpc_message_bytes (1048576)")
+                && err.contains("max_pipeline_bytes (2097152)"),
+            "{err}"
+        );
+        s.max_grpc_message_bytes = s.max_pipeline_bytes + 1;
+        assert!(s.check().is_ok());
     }
 
     #[test]
