@@ -255,6 +255,26 @@ pub struct BackendWorker {
     pub state: BackendState,
 }
 
+impl BackendWorker {
+    /// The worker a backend object describes by its labels (those of
+    /// [`WorkerSpec::backend_labels`], read through `label`); `None` when it
+    /// has no valid `hodei.dev/worker-id`. The job and template are kept
+    /// when their labels hold valid ids.
+    pub fn from_labels<'a>(
+        label: impl Fn(&str) -> Option<&'a str>,
+        backend_id: String,
+        state: BackendState,
+    ) -> Option<Self> {
+        Some(Self {
+            worker_id: WorkerId::new(label(LABEL_WORKER_ID)?).ok()?,
+            job_id: label(LABEL_JOB_ID).and_then(|j| JobId::new(j).ok()),
+            template_id: label(LABEL_TEMPLATE).and_then(|t| TemplateId::new(t).ok()),
+            backend_id,
+            state,
+        })
+    }
+}
+
 /// Why an orchestrator call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestratorError {
@@ -318,6 +338,30 @@ mod tests {
     use hodei_domain::{CpuQuantity, MemoryQuantity, ResourceRequirements};
 
     use super::*;
+
+    #[test]
+    fn a_backend_worker_is_read_from_its_labels() {
+        let labels: BTreeMap<&str, &str> = [
+            (LABEL_WORKER_ID, "w-1"),
+            (LABEL_JOB_ID, "job-7"),
+            (LABEL_TEMPLATE, "not a template id!"),
+        ]
+        .into();
+        let found = BackendWorker::from_labels(
+            |key| labels.get(key).copied(),
+            "pod-1".into(),
+            BackendState::Running,
+        )
+        .expect("a worker id label");
+        assert_eq!(found.worker_id, WorkerId::new("w-1").unwrap());
+        assert_eq!(found.job_id, Some(JobId::new("job-7").unwrap()));
+        assert_eq!(found.template_id, None, "an invalid id is left out");
+        assert_eq!(found.backend_id, "pod-1");
+        assert_eq!(
+            BackendWorker::from_labels(|_| None, "x".into(), BackendState::Pending),
+            None
+        );
+    }
 
     fn spec() -> WorkerSpec {
         let resources = ResourceRequirements::new(

@@ -54,10 +54,10 @@ use bollard::query_parameters::{
     LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use hodei_application::orchestrator::{
-    BackendState, BackendWorker, LABEL_JOB_ID, LABEL_MANAGED_BY, LABEL_SERVER_ID, LABEL_TEMPLATE,
-    LABEL_WORKER_ID, OrchestratorError, WorkerHandle, WorkerOrchestrator, WorkerSpec,
+    BackendState, BackendWorker, LABEL_MANAGED_BY, LABEL_SERVER_ID, OrchestratorError,
+    WorkerHandle, WorkerOrchestrator, WorkerSpec,
 };
-use hodei_domain::{JobId, TemplateId, WorkerId};
+use hodei_domain::WorkerId;
 use tokio_stream::StreamExt;
 
 /// Where the injected worker binary appears inside a container.
@@ -576,7 +576,6 @@ impl WorkerOrchestrator for DockerOrchestrator {
             .into_iter()
             .filter_map(|c| {
                 let labels = c.labels.unwrap_or_default();
-                let worker_id = WorkerId::new(labels.get(LABEL_WORKER_ID)?.as_str()).ok()?;
                 let state = match c.state {
                     Some(ContainerSummaryStateEnum::CREATED) => BackendState::Pending,
                     Some(ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD) => {
@@ -588,17 +587,11 @@ impl WorkerOrchestrator for DockerOrchestrator {
                     }
                     _ => BackendState::Running,
                 };
-                Some(BackendWorker {
-                    worker_id,
-                    job_id: labels
-                        .get(LABEL_JOB_ID)
-                        .and_then(|j| JobId::new(j.as_str()).ok()),
-                    template_id: labels
-                        .get(LABEL_TEMPLATE)
-                        .and_then(|t| TemplateId::new(t.as_str()).ok()),
-                    backend_id: c.id.unwrap_or_default(),
+                BackendWorker::from_labels(
+                    |key| labels.get(key).map(String::as_str),
+                    c.id.unwrap_or_default(),
                     state,
-                })
+                )
             })
             .collect();
         workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
@@ -642,9 +635,10 @@ impl WorkerOrchestrator for DockerOrchestrator {
 mod tests {
     use std::collections::BTreeMap;
 
-    use hodei_application::orchestrator::{OneTimeToken, ServerEndpoint};
+    use hodei_application::orchestrator::{LABEL_WORKER_ID, OneTimeToken, ServerEndpoint};
     use hodei_domain::{
-        CpuQuantity, DockerArgs, MemoryQuantity, ResourceRequirements, WorkerTemplate,
+        CpuQuantity, DockerArgs, JobId, MemoryQuantity, ResourceRequirements, TemplateId,
+        WorkerTemplate,
     };
 
     use super::*;

@@ -46,10 +46,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hodei_application::orchestrator::{
-    BackendState, BackendWorker, LABEL_JOB_ID, LABEL_MANAGED_BY, LABEL_SERVER_ID, LABEL_TEMPLATE,
-    LABEL_WORKER_ID, OrchestratorError, WorkerHandle, WorkerOrchestrator, WorkerSpec,
+    BackendState, BackendWorker, LABEL_MANAGED_BY, LABEL_SERVER_ID, LABEL_WORKER_ID,
+    OrchestratorError, WorkerHandle, WorkerOrchestrator, WorkerSpec,
 };
-use hodei_domain::{JobId, TemplateId, WorkerId};
+use hodei_domain::WorkerId;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use kube::client::ClientBuilder;
@@ -744,17 +744,7 @@ impl WorkerOrchestrator for KubernetesOrchestrator {
                         name: String,
                         state: BackendState| {
             let labels = labels?;
-            Some(BackendWorker {
-                worker_id: WorkerId::new(labels.get(LABEL_WORKER_ID)?.as_str()).ok()?,
-                job_id: labels
-                    .get(LABEL_JOB_ID)
-                    .and_then(|j| JobId::new(j.as_str()).ok()),
-                template_id: labels
-                    .get(LABEL_TEMPLATE)
-                    .and_then(|t| TemplateId::new(t.as_str()).ok()),
-                backend_id: name,
-                state,
-            })
+            BackendWorker::from_labels(|key| labels.get(key).map(String::as_str), name, state)
         };
         for pod in pods {
             let state = state::assess(&pod, pod_age(&pod), None, &rules);
