@@ -14,7 +14,9 @@
 //! appended to the [`JobRepository`] in order, and stage and job transitions
 //! are published as domain events. A watcher ([`CreateAndExecuteJob::watch`])
 //! gets the journal from any position and then the live tail, so one that
-//! joins late misses nothing.
+//! joins late misses nothing. A journal keeps a bounded amount of log in
+//! memory ([`JobsConfig::live_journal_bytes`]); older lines are read back
+//! from the repository when a watcher asks for them.
 //!
 //! A job ends `Succeeded`, `Failed` (with the first failure's reason),
 //! `Aborted` (cancelled, with the canceller's reason) or `TimedOut` (the
@@ -30,7 +32,7 @@ use hodei_domain::pipeline::{self, Diagnostic, PipelineError};
 use hodei_domain::{
     DomainEvent, Job, JobId, JobStatus, JobStatusKind, StageResult, TemplateId, Timestamp, WorkerId,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +49,11 @@ use crate::runner::{
     RunnerConfig, StagePath, StageStatus,
 };
 use crate::worker_link::LogStream;
+
+mod journal;
+
+pub use journal::JobWatch;
+use journal::{Journal, StoredLog, WatchSource};
 
 /// A pipeline to run, as a client submits it.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -270,11 +277,19 @@ pub struct JobsConfig {
     pub job_timeout: Option<Duration>,
     /// The pipeline runner's tuning.
     pub runner: RunnerConfig,
+    /// At most this many bytes of log lines (counted with their
+    /// bookkeeping, about 150 bytes a line) in the journal of one job,
+    /// running or finished. Older lines are dropped from memory once the
+    /// repository has stored them, and watchers read them back from it a
+    /// page at a time. Bounds the memory a running job takes whatever its
+    /// log's size.
+    pub live_journal_bytes: usize,
     /// Journals of finished jobs kept in memory for watchers; older ones
     /// are rebuilt from the repository (status and logs) when watched.
     pub kept_journals: usize,
-    /// At most this many bytes of log lines in the journals of finished
-    /// jobs kept in memory; the oldest go first. Bounds the memory finished
+    /// At most this many bytes of log lines (counted as for
+    /// `live_journal_bytes`) in the journals of finished jobs kept in
+    /// memory; the oldest go first. Bounds the memory finished
     /// jobs take whatever their logs' size (the repository has them).
     pub kept_journal_bytes: usize,
     /// Longest log line kept as one; a longer line is cut into pieces of
@@ -291,6 +306,7 @@ impl Default for JobsConfig {
         JobsConfig {
             job_timeout: None,
             runner: RunnerConfig::default(),
+            live_journal_bytes: 4 * 1024 * 1024,
             kept_journals: 256,
             kept_journal_bytes: 32 * 1024 * 1024,
             max_line_bytes: MAX_LINE_BYTES,
@@ -408,10 +424,7 @@ impl CreateAndExecuteJob {
     pub async fn watch(&self, job: &JobId, from: u64) -> Result<JobWatch, JobsError> {
         let live = lock(&self.inner.journals).by_job.get(job).cloned();
         let source = match live {
-            Some(journal) => {
-                let changed = journal.changed.subscribe();
-                WatchSource::Live { journal, changed }
-            }
+            Some(journal) => WatchSource::live(journal, self.inner.ports.jobs.clone(), job.clone()),
             None => {
                 let stored = self
                     .inner
@@ -688,7 +701,7 @@ impl Inner {
         let id = job.id().clone();
         let name = job.name().to_owned();
         let build_number = job.build_number();
-        let journal = Arc::new(Journal::new());
+        let journal = Arc::new(Journal::new(self.config.live_journal_bytes));
         journal.push(job.created_at(), UpdateKind::Status(JobStatus::Queued));
         lock(&self.journals)
             .by_job
@@ -847,6 +860,7 @@ impl Inner {
             self.ports.jobs.clone(),
             self.ports.events.clone(),
             pump_rx,
+            journal.clone(),
         ));
         let output = Arc::new(JobOutput {
             job: id.clone(),
@@ -993,22 +1007,39 @@ fn invalid(file: &str, diagnostics: Vec<Diagnostic>) -> JobsError {
 }
 
 /// Writes log chunks to the repository and publishes events, in the order
-/// the runner produced them.
+/// the runner produced them. Tells `journal` which lines are stored, so it
+/// may drop them from memory; after a failed or misnumbered append it
+/// tells no more (the journal then keeps the lines from there on, since
+/// the repository's numbering no longer matches).
 async fn pump(
     job: JobId,
     jobs: Arc<dyn JobRepository>,
     events: Arc<dyn EventPublisher>,
     mut rx: mpsc::UnboundedReceiver<Pumped>,
+    journal: Arc<Journal>,
 ) {
     let mut store_failed = false;
+    let mut lines = 0;
+    let mut in_step = true;
     while let Some(item) = rx.recv().await {
         match item {
             Pumped::Log(chunk) => {
-                if let Err(e) = jobs.append_log(&job, chunk).await
-                    && !store_failed
-                {
-                    store_failed = true;
-                    tracing::error!(job = %job, error = %e, "cannot store log; later failures not reported");
+                let expected = lines;
+                lines += 1;
+                match jobs.append_log(&job, chunk).await {
+                    Ok(seq) if in_step && seq == expected => journal.stored(lines),
+                    Ok(seq) if in_step => {
+                        in_step = false;
+                        tracing::warn!(job = %job, seq, expected, "the store numbers the job's log differently; its lines stay in memory");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        in_step = false;
+                        if !store_failed {
+                            store_failed = true;
+                            tracing::error!(job = %job, error = %e, "cannot store log; later failures not reported");
+                        }
+                    }
                 }
             }
             Pumped::Event(event) => events.publish(event).await,
@@ -1043,279 +1074,6 @@ enum Pumped {
     Stages(Vec<StageSummary>),
     /// The job went between `Running` and `Provisioning`.
     Status(JobStatus, Timestamp),
-}
-
-/// A job's journal: numbered updates and a signal when one is added.
-struct Journal {
-    state: Mutex<JournalState>,
-    changed: watch::Sender<u64>,
-}
-
-#[derive(Default)]
-struct JournalState {
-    updates: Vec<JobUpdate>,
-    /// Bytes of log lines in `updates`.
-    log_bytes: usize,
-    closed: bool,
-}
-
-impl Journal {
-    fn new() -> Self {
-        Journal {
-            state: Mutex::new(JournalState::default()),
-            changed: watch::Sender::new(0),
-        }
-    }
-
-    fn push(&self, at: Timestamp, kind: UpdateKind) {
-        let len = {
-            let mut state = lock(&self.state);
-            if state.closed {
-                return;
-            }
-            let seq = state.updates.len() as u64;
-            if let UpdateKind::Log { data, .. } = &kind {
-                state.log_bytes += data.len();
-            }
-            state.updates.push(JobUpdate { seq, at, kind });
-            seq + 1
-        };
-        self.changed.send_replace(len);
-    }
-
-    fn log_bytes(&self) -> usize {
-        lock(&self.state).log_bytes
-    }
-
-    fn close(&self) {
-        let len = {
-            let mut state = lock(&self.state);
-            state.closed = true;
-            state.updates.len() as u64
-        };
-        self.changed.send_replace(len);
-    }
-
-    /// The last status journaled.
-    fn status(&self) -> Option<JobStatus> {
-        lock(&self.state)
-            .updates
-            .iter()
-            .rev()
-            .find_map(|u| match &u.kind {
-                UpdateKind::Status(status) => Some(status.clone()),
-                _ => None,
-            })
-    }
-
-    fn stages(&self) -> Vec<StageSummary> {
-        let state = lock(&self.state);
-        let mut stages: Vec<StageSummary> = Vec::new();
-        for update in &state.updates {
-            match &update.kind {
-                UpdateKind::StageStarted { stage, path }
-                    if !stages.iter().any(|s| &s.path == path && s.result.is_none()) =>
-                {
-                    stages.push(StageSummary {
-                        name: stage.clone(),
-                        path: path.clone(),
-                        result: None,
-                        started_at: update.at,
-                        finished_at: None,
-                    });
-                }
-                UpdateKind::StageFinished {
-                    stage,
-                    path,
-                    result,
-                    ..
-                } => {
-                    match stages
-                        .iter_mut()
-                        .rev()
-                        .find(|s| &s.path == path && s.result.is_none())
-                    {
-                        Some(summary) => {
-                            summary.result = Some(*result);
-                            summary.finished_at = Some(update.at);
-                        }
-                        None => stages.push(StageSummary {
-                            name: stage.clone(),
-                            path: path.clone(),
-                            result: Some(*result),
-                            started_at: update.at,
-                            finished_at: Some(update.at),
-                        }),
-                    }
-                }
-                _ => {}
-            }
-        }
-        stages
-    }
-}
-
-/// A watcher of one job: the journal from a position, then the live tail.
-///
-/// For a job whose journal is no longer in memory (it ended long ago, or
-/// before the server restarted) the journal is rebuilt from the repository
-/// as it is read: its status changes and its log, one page at a time, so
-/// watching a long log never holds more than a page of it.
-pub struct JobWatch {
-    source: WatchSource,
-    next: u64,
-}
-
-enum WatchSource {
-    Live {
-        journal: Arc<Journal>,
-        changed: watch::Receiver<u64>,
-    },
-    Stored(Box<StoredLog>),
-}
-
-/// Log entries read from the repository per page.
-const STORED_PAGE: usize = 1024;
-
-/// A stored job's journal: `Queued` (and `Running` if it started), its log
-/// entries, then its final status; numbered as the live journal would be.
-struct StoredLog {
-    jobs: Arc<dyn JobRepository>,
-    job: Job,
-    head: Vec<JobUpdate>,
-    page: VecDeque<JobUpdate>,
-    next_log: u64,
-    logs_done: bool,
-    end_sent: bool,
-}
-
-impl StoredLog {
-    fn new(jobs: Arc<dyn JobRepository>, job: Job, from: u64) -> Self {
-        let mut head = vec![JobUpdate {
-            seq: 0,
-            at: job.created_at(),
-            kind: UpdateKind::Status(JobStatus::Queued),
-        }];
-        if let Some(started) = job.started_at() {
-            head.push(JobUpdate {
-                seq: 1,
-                at: started,
-                kind: UpdateKind::Status(JobStatus::Running),
-            });
-        }
-        let next_log = from.saturating_sub(head.len() as u64);
-        StoredLog {
-            jobs,
-            job,
-            head,
-            page: VecDeque::new(),
-            next_log,
-            logs_done: false,
-            end_sent: false,
-        }
-    }
-
-    async fn next(&mut self, seq: u64) -> Option<JobUpdate> {
-        if let Some(update) = usize::try_from(seq).ok().and_then(|i| self.head.get(i)) {
-            return Some(update.clone());
-        }
-        let offset = self.head.len() as u64;
-        loop {
-            if let Some(update) = self.page.pop_front() {
-                return Some(update);
-            }
-            if self.logs_done {
-                break;
-            }
-            let page = match self
-                .jobs
-                .read_logs(self.job.id(), self.next_log, STORED_PAGE)
-                .await
-            {
-                Ok(page) => page,
-                Err(e) => {
-                    tracing::error!(job = %self.job.id(), error = %e, "cannot read the job's log");
-                    Vec::new()
-                }
-            };
-            let Some(last) = page.last() else {
-                self.logs_done = true;
-                continue;
-            };
-            self.next_log = last.seq + 1;
-            self.page.extend(page.into_iter().map(|mut entry| {
-                if entry.chunk.data.last() == Some(&b'\n') {
-                    entry.chunk.data.pop();
-                }
-                JobUpdate {
-                    seq: offset + entry.seq,
-                    at: entry.chunk.at,
-                    kind: UpdateKind::Log {
-                        stage: String::new(),
-                        path: Vec::new(),
-                        step_id: entry.chunk.step_id,
-                        stream: entry.chunk.stream,
-                        data: entry.chunk.data,
-                    },
-                }
-            }));
-        }
-        if self.end_sent || !self.job.status().is_final() {
-            return None;
-        }
-        self.end_sent = true;
-        Some(JobUpdate {
-            seq: offset + self.next_log,
-            at: self.job.finished_at().unwrap_or(self.job.created_at()),
-            kind: UpdateKind::Status(self.job.status().clone()),
-        })
-    }
-}
-
-impl fmt::Debug for JobWatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JobWatch")
-            .field("next", &self.next)
-            .finish_non_exhaustive()
-    }
-}
-
-impl JobWatch {
-    /// The next update; `None` once the job has ended and every update was
-    /// returned.
-    pub async fn next(&mut self) -> Option<JobUpdate> {
-        let (journal, changed) = match &mut self.source {
-            WatchSource::Live { journal, changed } => (journal, changed),
-            WatchSource::Stored(stored) => {
-                let update = stored.next(self.next).await?;
-                self.next = update.seq + 1;
-                return Some(update);
-            }
-        };
-        loop {
-            changed.borrow_and_update();
-            {
-                let state = lock(&journal.state);
-                if let Some(update) = usize::try_from(self.next)
-                    .ok()
-                    .and_then(|i| state.updates.get(i))
-                {
-                    self.next += 1;
-                    return Some(update.clone());
-                }
-                if state.closed {
-                    return None;
-                }
-            }
-            if changed.changed().await.is_err() {
-                let state = lock(&journal.state);
-                let i = usize::try_from(self.next).ok()?;
-                let update = state.updates.get(i).cloned();
-                self.next += u64::from(update.is_some());
-                return update;
-            }
-        }
-    }
 }
 
 /// Receives the runner's events for one job.
@@ -1395,13 +1153,7 @@ impl JobOutput {
         let line = &*self.masker.mask_bytes(line);
         let mut data = line.to_vec();
         data.push(b'\n');
-        let _ = self.pump.send(Pumped::Log(LogChunk {
-            at,
-            step_id: step_id.map(str::to_owned),
-            stream,
-            data,
-        }));
-        self.journal.push(
+        self.journal.push_line(
             at,
             UpdateKind::Log {
                 stage: stage.name().to_owned(),
@@ -1410,6 +1162,13 @@ impl JobOutput {
                 stream,
                 data: line.to_vec(),
             },
+            LogChunk {
+                at,
+                step_id: step_id.map(str::to_owned),
+                stream,
+                data,
+            },
+            &self.pump,
         );
     }
 

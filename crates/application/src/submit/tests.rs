@@ -8,6 +8,7 @@ use hodei_domain::JobStatusKind;
 use hodei_domain::pipeline::AgentKind;
 use tokio::sync::Notify;
 
+use super::journal::line_cost;
 use super::*;
 use crate::events::MockEventPublisher;
 use crate::id_generator::MockIdGenerator;
@@ -85,6 +86,17 @@ impl WorkerLink for FakeLink {
                 for byte in format!("{script}\n").bytes() {
                     sink.log(id, LogStream::Stdout, &[byte]);
                     sink.log(id, LogStream::Stderr, &[byte]);
+                }
+                Ok(StepOutcome::Success)
+            }
+            _ if script.starts_with("flood ") => {
+                // Many lines, letting other tasks (the log writer, the
+                // watchers) run after each.
+                let count: usize = script["flood ".len()..].parse().unwrap_or(0);
+                for i in 0..count {
+                    let line = format!("{id} line {i:05} of {count}\n");
+                    sink.log(id, LogStream::Stdout, line.as_bytes());
+                    tokio::task::yield_now().await;
                 }
                 Ok(StepOutcome::Success)
             }
@@ -588,7 +600,7 @@ async fn journals_past_the_byte_budget_are_rebuilt_and_smaller_ones_kept() {
             .iter()
             .any(|u| matches!(u.kind, UpdateKind::StageStarted { .. }))
     };
-    assert!(started(1024).await);
+    assert!(started(64 * 1024).await);
     assert!(!started(4).await);
 }
 
@@ -1010,4 +1022,213 @@ async fn unknown_credentials_and_oversized_pipelines_are_refused_with_their_posi
     )
     .await;
     assert!(lock(&setup.seen.saved).is_empty());
+}
+
+/// Two stages, each printing `lines` lines, with runner lines between.
+fn flood(lines: usize) -> Submission {
+    Submission {
+        pipeline: format!(
+            "pipeline {{\n  agent any\n  stages {{\n    stage('A') {{ steps {{ echo 'a'\n sh 'flood {lines}' }} }}\n    stage('B') {{ steps {{ sh 'flood {lines}'\n echo 'b' }} }}\n  }}\n}}\n"
+        ),
+        ..submission("")
+    }
+}
+
+/// The updates without their times.
+fn untimed(updates: &[JobUpdate]) -> Vec<(u64, UpdateKind)> {
+    updates.iter().map(|u| (u.seq, u.kind.clone())).collect()
+}
+
+async fn watch_all(jobs: &CreateAndExecuteJob, id: &JobId, from: u64) -> Vec<JobUpdate> {
+    let mut watch = jobs.watch(id, from).await.unwrap();
+    let mut updates = Vec::new();
+    while let Some(update) = watch.next().await {
+        updates.push(update);
+    }
+    updates
+}
+
+/// The journal of a job that floods its log, with nothing evicted.
+async fn flood_reference(count: usize) -> Vec<(u64, UpdateKind)> {
+    let setup = setup_with(
+        JobsConfig {
+            live_journal_bytes: usize::MAX,
+            ..JobsConfig::default()
+        },
+        Ok(()),
+        Provide::Link,
+        false,
+    );
+    let id = setup.jobs.submit(flood(count)).await.unwrap().job_id;
+    assert_eq!(setup.jobs.wait(&id).await.unwrap(), JobStatus::Succeeded);
+    let journal = lock(&setup.jobs.inner.journals).by_job[&id].clone();
+    assert_eq!(journal.evicted_lines(), 0);
+    let updates = watch_all(&setup.jobs, &id, 0).await;
+    assert!(lines(&updates).len() > 2 * count, "{}", updates.len());
+    untimed(&updates)
+}
+
+const FLOOD_BUDGET: usize = 16 * 1024;
+
+fn flood_setup() -> Setup {
+    setup_with(
+        JobsConfig {
+            live_journal_bytes: FLOOD_BUDGET,
+            ..JobsConfig::default()
+        },
+        Ok(()),
+        Provide::Link,
+        false,
+    )
+}
+
+#[tokio::test]
+async fn a_running_job_keeps_its_budget_of_log_in_memory_and_watchers_miss_nothing() {
+    let reference = flood_reference(1000).await;
+    let setup = flood_setup();
+    let id = setup.jobs.submit(flood(1000)).await.unwrap().job_id;
+    let journal = lock(&setup.jobs.inner.journals).by_job[&id].clone();
+    // A watcher from the start, reading while lines are evicted.
+    let during = {
+        let jobs = setup.jobs.clone();
+        let id = id.clone();
+        tokio::spawn(async move { watch_all(&jobs, &id, 0).await })
+    };
+    assert_eq!(setup.jobs.wait(&id).await.unwrap(), JobStatus::Succeeded);
+    let during = during.await.unwrap();
+
+    // 2000 lines of about 200 bytes each went through a 16 KiB journal:
+    // at most the budget and the line just journaled were ever in memory.
+    let line = reference
+        .iter()
+        .map(|(seq, kind)| {
+            line_cost(&JobUpdate {
+                seq: *seq,
+                at: Timestamp(0),
+                kind: kind.clone(),
+            })
+        })
+        .max()
+        .unwrap();
+    assert!(
+        journal.peak_log_bytes() <= FLOOD_BUDGET + line,
+        "peak {} over {FLOOD_BUDGET} + {line}",
+        journal.peak_log_bytes()
+    );
+    assert!(journal.log_bytes() <= FLOOD_BUDGET);
+    assert!(
+        journal.evicted_lines() > 1900,
+        "{}",
+        journal.evicted_lines()
+    );
+
+    // Every update exactly once, in order, with its stage: while the job
+    // ran, after it ended, and from any position.
+    assert_eq!(untimed(&during), reference);
+    let after = watch_all(&setup.jobs, &id, 0).await;
+    assert_eq!(untimed(&after), reference);
+    for from in [1, 7, 500, 1999, reference.len() as u64 - 3] {
+        let tail = watch_all(&setup.jobs, &id, from).await;
+        assert_eq!(untimed(&tail), reference[from as usize..], "from {from}");
+    }
+    // The evicted lines are the stored ones, with their times.
+    let stored = lock(&setup.seen.logs).clone();
+    let mut stored_lines = stored.iter();
+    for update in &after {
+        if let UpdateKind::Log { data, .. } = &update.kind {
+            let chunk = stored_lines.next().unwrap();
+            assert_eq!(chunk.data, [data.as_slice(), b"\n"].concat());
+            assert_eq!(chunk.at, update.at);
+        }
+    }
+    assert!(stored_lines.next().is_none());
+    // What the journal says of the stages survives eviction.
+    let stages: Vec<(String, Option<StageResult>)> = setup
+        .jobs
+        .stages(&id)
+        .await
+        .into_iter()
+        .map(|s| (s.name, s.result))
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            ("A".to_owned(), Some(StageResult::Success)),
+            ("B".to_owned(), Some(StageResult::Success))
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_watcher_that_falls_behind_eviction_still_gets_everything() {
+    let reference = flood_reference(1000).await;
+    let setup = flood_setup();
+    let id = setup.jobs.submit(flood(1000)).await.unwrap().job_id;
+    let journal = lock(&setup.jobs.inner.journals).by_job[&id].clone();
+    let mut slow = setup.jobs.watch(&id, 0).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(slow.next().await.unwrap());
+    }
+    // The job goes on while the watcher waits; its next updates leave
+    // memory.
+    while journal.evicted_lines() < 300 && setup.jobs.running_jobs().contains(&id) {
+        tokio::task::yield_now().await;
+    }
+    assert!(journal.evicted_lines() >= 300);
+    assert!(setup.jobs.running_jobs().contains(&id));
+    while let Some(update) = slow.next().await {
+        seen.push(update);
+    }
+    assert_eq!(untimed(&seen), reference);
+    assert!(
+        journal.evicted_lines() > 1900,
+        "{}",
+        journal.evicted_lines()
+    );
+}
+
+#[tokio::test]
+async fn lines_the_store_has_not_confirmed_stay_in_memory() {
+    let journal = Journal::new(1024);
+    let (writer, mut written) = mpsc::unbounded_channel();
+    let line = |i: u32| {
+        let data = format!("line {i}").into_bytes();
+        (
+            UpdateKind::Log {
+                stage: "Build".into(),
+                path: vec!["Build".into()],
+                step_id: Some("s1".into()),
+                stream: LogStream::Stdout,
+                data: data.clone(),
+            },
+            LogChunk {
+                at: Timestamp(u64::from(i)),
+                step_id: Some("s1".into()),
+                stream: LogStream::Stdout,
+                data,
+            },
+        )
+    };
+    journal.push(Timestamp(0), UpdateKind::Status(JobStatus::Running));
+    for i in 0..100 {
+        let (kind, chunk) = line(i);
+        journal.push_line(Timestamp(u64::from(i)), kind, chunk, &writer);
+    }
+    // Handed to the writer in order, and all kept: none is stored yet.
+    for i in 0..100 {
+        let Some(Pumped::Log(chunk)) = written.recv().await else {
+            panic!("expected line {i}");
+        };
+        assert_eq!(chunk.data, format!("line {i}").into_bytes());
+    }
+    assert_eq!(journal.evicted_lines(), 0);
+    assert!(journal.log_bytes() > 10 * 1024);
+    // Stored lines past the budget go; the others stay.
+    journal.stored(10);
+    assert_eq!(journal.evicted_lines(), 10);
+    journal.stored(100);
+    assert!(journal.log_bytes() <= 1024, "{}", journal.log_bytes());
+    assert!(journal.evicted_lines() > 90);
+    assert_eq!(journal.status(), Some(JobStatus::Running));
 }

@@ -64,7 +64,7 @@ use tokio::sync::oneshot;
 pub const MAX_BATCH: usize = 1024;
 /// A page of [`JobRepository::read_logs`] stops once it holds this many
 /// bytes of log data (it always holds at least one entry).
-pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
+pub const MAX_PAGE_BYTES: usize = 256 * 1024;
 /// Most idle reading connections kept open.
 const MAX_IDLE_READERS: usize = 8;
 /// How long a statement waits for a lock held by another connection.

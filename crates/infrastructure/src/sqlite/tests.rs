@@ -144,11 +144,12 @@ async fn logs_are_sequenced_and_paged() {
 }
 
 #[tokio::test]
-async fn a_page_stops_after_a_mebibyte_of_data() {
+async fn a_page_stops_after_max_page_bytes_of_data() {
     let dir = tempfile::tempdir().unwrap();
     let store = filled(&dir).await;
     let id = JobId::new("b").unwrap();
-    let big = "x".repeat(600 * 1024);
+    // Two chunks reach the limit, the third is on the next page.
+    let big = "x".repeat(MAX_PAGE_BYTES * 6 / 10);
     for _ in 0..3 {
         store.append_log(&id, chunk(&big)).await.unwrap();
     }

@@ -1,6 +1,7 @@
 //! `JobService`: submit, watch, get, list and cancel jobs, over the
 //! [`CreateAndExecuteJob`] use case.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use hodei_application::jobs::{JobFilter, JobRepository};
@@ -9,14 +10,21 @@ use hodei_domain::JobId;
 use hodei_infrastructure::source::SourceError;
 use hodei_proto::v1::job_service_server::{JobService, JobServiceServer};
 use hodei_proto::v1::{self as pb, submit_request};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use prost::Message as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
 
 /// Jobs listed when the request gives no limit.
 const DEFAULT_LIST_LIMIT: usize = 100;
+
+/// Most bytes of encoded events one `Watch` stream queues ahead of a slow
+/// client (an event larger than this is queued alone). With the page of
+/// stored log the watcher may hold, this bounds what one stream costs.
+pub const WATCH_QUEUE_BYTES: usize = 256 * 1024;
 
 /// The tonic implementation of `JobService`.
 #[derive(Clone)]
@@ -54,6 +62,52 @@ impl JobServiceImpl {
         JobServiceServer::new(self)
     }
 }
+
+/// The sending end of [`event_queue`].
+struct EventSender {
+    tx: mpsc::UnboundedSender<(pb::JobEvent, OwnedSemaphorePermit)>,
+    budget: Arc<Semaphore>,
+    max: usize,
+}
+
+impl EventSender {
+    /// Queues `event` once the queue has room for its encoded size; `false`
+    /// when the stream is gone.
+    async fn send(&self, event: pb::JobEvent) -> bool {
+        let size = event.encoded_len().clamp(1, self.max);
+        let Ok(permit) = self
+            .budget
+            .clone()
+            .acquire_many_owned(u32::try_from(size).unwrap_or(u32::MAX))
+            .await
+        else {
+            return false;
+        };
+        self.tx.send((event, permit)).is_ok()
+    }
+}
+
+/// A queue of events holding at most `bytes` of them (encoded), or one
+/// larger event alone: each event holds permits for its size until the
+/// stream hands it on.
+fn event_queue(bytes: usize) -> (EventSender, WatchEvents) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let budget = Arc::new(Semaphore::new(bytes));
+    let events = UnboundedReceiverStream::new(rx).map(|(event, permit)| {
+        drop(permit);
+        Ok(event)
+    });
+    (
+        EventSender {
+            tx,
+            budget,
+            max: bytes,
+        },
+        Box::pin(events),
+    )
+}
+
+type WatchEvents = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
 
 fn status_of(error: JobsError) -> Status {
     match error {
@@ -180,7 +234,7 @@ impl JobService for JobServiceImpl {
         }))
     }
 
-    type WatchStream = ReceiverStream<Result<pb::JobEvent, Status>>;
+    type WatchStream = WatchEvents;
 
     async fn watch(
         &self,
@@ -193,15 +247,15 @@ impl JobService for JobServiceImpl {
             .watch(&id, request.from_sequence)
             .await
             .map_err(status_of)?;
-        let (tx, rx) = mpsc::channel(256);
+        let (tx, events) = event_queue(WATCH_QUEUE_BYTES);
         tokio::spawn(async move {
             while let Some(update) = watch.next().await {
-                if tx.send(Ok(convert::update_to_proto(update))).await.is_err() {
+                if !tx.send(convert::update_to_proto(update)).await {
                     break;
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(events))
     }
 
     async fn get(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
@@ -291,6 +345,47 @@ impl JobService for JobServiceImpl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn line(bytes: usize) -> pb::JobEvent {
+        pb::JobEvent {
+            sequence: 1,
+            kind: Some(pb::job_event::Kind::Log(pb::LogLine {
+                text: "x".repeat(bytes),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_watch_queue_holds_a_bounded_number_of_bytes() {
+        let (tx, mut events) = event_queue(10_000);
+        let tx = Arc::new(tx);
+        assert!(tx.send(line(4_000)).await);
+        assert!(tx.send(line(4_000)).await);
+        // A third line does not fit until the client takes one.
+        let third = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(line(4_000)).await }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!third.is_finished());
+        assert!(tx.budget.available_permits() < 4_000);
+        events.next().await.unwrap().unwrap();
+        assert!(third.await.unwrap());
+        // An event larger than the whole queue goes alone.
+        events.next().await.unwrap().unwrap();
+        events.next().await.unwrap().unwrap();
+        assert!(tx.send(line(50_000)).await);
+        assert_eq!(tx.budget.available_permits(), 0);
+        events.next().await.unwrap().unwrap();
+        assert_eq!(tx.budget.available_permits(), 10_000);
+        // A gone client ends the sender.
+        drop(events);
+        assert!(!tx.send(line(1)).await);
+    }
 
     #[test]
     fn default_names() {
