@@ -158,9 +158,12 @@ impl Server {
     /// the backend, and serves until [`ServerHandle::shutdown`].
     ///
     /// # Errors
-    /// A listen address in use, an unavailable backend, a bad templates
-    /// file, no worker binary for the local backend.
+    /// Settings that [`Settings::check`] refuses (with its error, before
+    /// anything is bound or created), a listen address in use, an
+    /// unavailable backend, a bad templates file, no worker binary for the
+    /// local backend.
     pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
+        settings.check()?;
         let server_id = settings
             .server_id
             .clone()
@@ -688,6 +691,29 @@ mod tests {
             .unwrap();
         sweep_orphans(&backend, &workers, "srv-1").await;
         assert_eq!(*backend.deleted.lock().unwrap(), ["w-orphan"]);
+    }
+
+    #[tokio::test]
+    async fn start_refuses_settings_that_check_refuses_before_touching_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join("data"),
+            max_pipeline_bytes: 4096,
+            max_grpc_message_bytes: 4096,
+            ..Settings::default()
+        };
+        let expected = settings.check().unwrap_err().to_string();
+        assert!(
+            expected.starts_with(
+                "max_grpc_message_bytes (4096) must be larger than max_pipeline_bytes (4096)"
+            ),
+            "{expected}"
+        );
+        let error = Server::start(settings).await.err().unwrap();
+        assert_eq!(error.to_string(), expected);
+        assert!(!dir.path().join("data").exists());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! [`WorkerGateway`]/[`WorkerLink`] ports implemented over that stream.
 //!
 //! - A worker's first message must be `Hello` with its id and its one-time
-//!   token. The token was recorded when the worker was created
+//!   token, and only its first: a second `Hello` on a registered stream
+//!   ends it with `FAILED_PRECONDITION`, and the worker is lost. The token was recorded when the worker was created
 //!   ([`RegisteringOrchestrator`] records it on its way to the backend); it
 //!   is compared in constant time and can be used once. A wrong, unknown or
 //!   reused token ends the call with `UNAUTHENTICATED`; the token itself
@@ -488,7 +489,12 @@ impl WorkerService for WorkerServiceImpl {
     }
 }
 
-/// Reads one worker's messages until it is lost.
+/// Why a stream that sends `Hello` again is ended.
+const SECOND_HELLO: &str =
+    "hello: this stream is already registered; a stream takes one hello, as its first message";
+
+/// Reads one worker's messages until it is lost (or breaks the protocol:
+/// a second hello ends the stream with FAILED_PRECONDITION).
 async fn session(
     hub: WorkerHub,
     link: Arc<GrpcWorkerLink>,
@@ -504,6 +510,14 @@ async fn session(
     let reason = loop {
         tokio::select! {
             received = inbound.message() => match received {
+                Ok(Some(WorkerMessage { kind: Some(worker_message::Kind::Hello(_)) })) => {
+                    // The stream is registered already: a second hello is a
+                    // confused or hostile worker. It gets the reason, and the
+                    // worker is lost like any that drops its stream.
+                    let status = Status::failed_precondition(SECOND_HELLO);
+                    let _ = tokio::time::timeout(config.worker_lost_after, tx.send(Err(status))).await;
+                    break SECOND_HELLO.to_owned();
+                }
                 Ok(Some(message)) => {
                     last_heard = tokio::time::Instant::now();
                     link.handle(message);
@@ -619,9 +633,8 @@ impl GrpcWorkerLink {
         state.last_heard_ms = now_ms();
         let Some(kind) = message.kind else { return };
         match kind {
-            worker_message::Kind::Hello(_) => {
-                tracing::warn!(worker = %self.id, "second hello on one connection ignored");
-            }
+            // Refused by the session, which ends the stream.
+            worker_message::Kind::Hello(_) => {}
             worker_message::Kind::SegmentReady(ready) => {
                 if state.segment.as_deref() == Some(ready.segment_id.as_str())
                     && let Some(waiter) = state.ready.take()

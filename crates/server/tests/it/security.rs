@@ -294,7 +294,12 @@ fn input_limits_are_refused_with_the_setting_and_long_lines_are_cut() {
 fn malformed_worker_streams_are_refused_and_the_server_keeps_serving() {
     use hodei_proto::v1::worker_service_client::WorkerServiceClient;
     run(async {
-        let server = start_with(|s| s.max_grpc_message_bytes = 64 * 1024).await;
+        let server = start_with(|s| {
+            s.max_grpc_message_bytes = 64 * 1024;
+            s.max_pipeline_bytes = 32 * 1024;
+            s.static_worker_token = Secret::new("st4tic-secret");
+        })
+        .await;
         let mut workers = WorkerServiceClient::new(server.channel().await);
         let connect = async |workers: &mut WorkerServiceClient<tonic::transport::Channel>,
                              first: pb::worker_message::Kind| {
@@ -348,6 +353,51 @@ fn malformed_worker_streams_are_refused_and_the_server_keeps_serving() {
         .await;
         assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
         assert!(!refused.message().contains("guess3d"));
+
+        // A registered stream that says hello again is ended, with the
+        // reason, after its welcome.
+        let hello = pb::WorkerMessage {
+            kind: Some(pb::worker_message::Kind::Hello(pb::Hello {
+                worker_id: "w-twice".into(),
+                token: "st4tic-secret".into(),
+                name: "twice".into(),
+                capabilities: vec!["linux".into()],
+                ephemeral: false,
+                protocol_version: 1,
+                ..Default::default()
+            })),
+        };
+        let mut stream = workers
+            .connect(tokio_stream::iter(vec![hello.clone(), hello]))
+            .await
+            .expect("the first hello is accepted")
+            .into_inner();
+        let welcome = stream
+            .message()
+            .await
+            .expect("a welcome")
+            .expect("a message");
+        assert!(
+            matches!(welcome.kind, Some(pb::server_message::Kind::Welcome(_))),
+            "{welcome:?}"
+        );
+        let refused = loop {
+            match stream.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(
+            refused.code(),
+            tonic::Code::FailedPrecondition,
+            "{refused:?}"
+        );
+        assert!(
+            refused.message().contains("already registered")
+                && refused.message().contains("one hello"),
+            "{refused:?}"
+        );
 
         let mut client = server.jobs().await;
         let job = submit(
