@@ -14,9 +14,19 @@
 //! arrives while a scan runs with the next scan, so one pass over `/proc`
 //! serves many deletions. Each deletion is still served by a scan that
 //! started after it asked.
+//!
+//! A scan reads every process's `stat`, which costs about a millisecond on
+//! a busy host; under a steady stream of deletions back-to-back scans
+//! would take a good part of a core. So a scan starts no sooner than
+//! [`PACE`] times the previous scan's duration after that scan started
+//! (never more than [`MAX_PAUSE`] later): deletions arriving meanwhile
+//! share it, and sweeping takes at most about a tenth of one core however
+//! many workers end. An idle server's deletion, long after the last scan,
+//! is scanned at once.
 
 use std::io::Read;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
@@ -189,15 +199,51 @@ struct State {
     pending: Vec<Request>,
     /// A blocking task is draining `pending`.
     running: bool,
+    /// When the last scan started and how long it took.
+    last: Option<(Instant, Duration)>,
+    /// Scans run so far.
+    scans: u64,
+}
+
+/// A scan starts no sooner than this many times the previous scan's
+/// duration after that scan started.
+const PACE: u32 = 10;
+/// The longest a deletion waits for the pace.
+const MAX_PAUSE: Duration = Duration::from_millis(25);
+
+/// How long a scan due `now` waits, given when the last one started and
+/// how long it took.
+fn pause(last: Option<(Instant, Duration)>, now: Instant, max: Duration) -> Duration {
+    match last {
+        None => Duration::ZERO,
+        Some((started, took)) => {
+            let due = started + took.saturating_mul(PACE).min(max);
+            due.saturating_duration_since(now)
+        }
+    }
 }
 
 /// Serves concurrent sweeps with shared scans of `/proc`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Sweeper {
     state: Mutex<State>,
+    max_pause: Duration,
+}
+
+impl Default for Sweeper {
+    fn default() -> Self {
+        Self::with_max_pause(MAX_PAUSE)
+    }
 }
 
 impl Sweeper {
+    fn with_max_pause(max_pause: Duration) -> Self {
+        Self {
+            state: Mutex::default(),
+            max_pause,
+        }
+    }
+
     /// Kills what carries `WORKER_ID=<worker_id>` and started at `since`
     /// or later, with a scan that starts after this call; returns how many
     /// processes were killed.
@@ -241,6 +287,20 @@ struct Drain {
 impl Drain {
     fn run(mut self) {
         loop {
+            let last = {
+                let mut state = lock(&self.sweeper.state);
+                if state.pending.is_empty() {
+                    state.running = false;
+                    self.finished = true;
+                    return;
+                }
+                state.last
+            };
+            // Deletions asked while this waits join the batch.
+            let wait = pause(last, Instant::now(), self.sweeper.max_pause);
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
             let batch = {
                 let mut state = lock(&self.sweeper.state);
                 if state.pending.is_empty() {
@@ -252,7 +312,14 @@ impl Drain {
             };
             let since = batch.iter().map(|r| r.since).min().unwrap_or(0);
             let markers: Vec<Vec<u8>> = batch.iter().map(|r| r.marker.clone()).collect();
-            let counts = kill_found(&scan(&markers, since), markers.len());
+            let started = Instant::now();
+            let found = scan(&markers, since);
+            {
+                let mut state = lock(&self.sweeper.state);
+                state.last = Some((started, started.elapsed()));
+                state.scans += 1;
+            }
+            let counts = kill_found(&found, markers.len());
             for (request, count) in batch.into_iter().zip(counts) {
                 let _ = request.done.send(count);
             }
@@ -367,5 +434,46 @@ mod tests {
         // A later sweep starts a scan of its own.
         assert_eq!(sweeper.sweep(&unrelated_id, 0).await, 1);
         let _ = unrelated.wait();
+    }
+
+    #[test]
+    fn a_scan_waits_a_multiple_of_the_last_one_capped() {
+        let now = Instant::now();
+        let max = Duration::from_millis(25);
+        assert_eq!(pause(None, now, max), Duration::ZERO);
+        let ms = Duration::from_millis;
+        // Started 3 ms ago and took 1 ms: due 10 ms after its start.
+        assert_eq!(pause(Some((now - ms(3), ms(1))), now, max), ms(7));
+        // Long ago: at once.
+        assert_eq!(
+            pause(Some((now - ms(500), ms(1))), now, max),
+            Duration::ZERO
+        );
+        // A slow scan: never more than the cap after it started.
+        assert_eq!(pause(Some((now - ms(5), ms(40))), now, max), ms(20));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sweeps_asked_while_a_scan_is_paced_share_one_scan() {
+        let sweeper = Arc::new(Sweeper::with_max_pause(Duration::from_secs(2)));
+        // As if a slow scan had just run: the next one waits up to 2 s.
+        lock(&sweeper.state).last = Some((Instant::now(), Duration::from_secs(1)));
+        let ids: Vec<String> = (0..5).map(|i| unique(&format!("paced-{i}"))).collect();
+        let mut children: Vec<_> = ids.iter().map(|id| marked_sleep(id)).collect();
+        let sweeps: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let sweeper = sweeper.clone();
+                let id = id.clone();
+                tokio::spawn(async move { sweeper.sweep(&id, 0).await })
+            })
+            .collect();
+        for sweep in sweeps {
+            assert_eq!(sweep.await.unwrap(), 1);
+        }
+        for child in &mut children {
+            let _ = child.wait();
+        }
+        assert_eq!(lock(&sweeper.state).scans, 1);
     }
 }
