@@ -182,6 +182,9 @@ struct LocalChild {
     exit: watch::Receiver<Option<ExitStatus>>,
 }
 
+/// Bytes of a worker's stderr read at a time.
+const STDERR_BUFFER: usize = 1024;
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -342,7 +345,10 @@ impl WorkerOrchestrator for LocalOrchestrator {
             let reader_id = worker_id.clone();
             let reader = tokio::spawn(async move {
                 if let Some(stderr) = stderr {
-                    let mut lines = BufReader::new(stderr).lines();
+                    // A worker writes a few short lines; a small buffer keeps
+                    // the server's memory per worker low (longer lines are
+                    // still read whole).
+                    let mut lines = BufReader::with_capacity(STDERR_BUFFER, stderr).lines();
                     while let Ok(Some(line)) = lines.next_line().await {
                         tracing::debug!(worker_id = %reader_id, "worker: {line}");
                         lock(&tail_writer).push(&line);

@@ -60,6 +60,10 @@ use hodei_domain::{Job, JobId, JobStatus, StageResult, Timestamp, Worker, Worker
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
+/// Page cache of a reading connection, as SQLite's `cache_size` takes it
+/// (negative: KiB), against the default 2 MiB the writer keeps.
+const READER_CACHE_KIB: i64 = -256;
+
 /// Most operations the writer applies in one transaction.
 pub const MAX_BATCH: usize = 1024;
 /// A page of [`JobRepository::read_logs`] stops once it holds this many
@@ -334,6 +338,11 @@ impl SqliteStore {
                     let conn = Connection::open(&shared.path).map_err(sqlite)?;
                     conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
                     conn.pragma_update(None, "query_only", true)
+                        .map_err(sqlite)?;
+                    // Readers look up rows and page through logs the
+                    // operating system caches anyway: a small page cache
+                    // each keeps the server's memory low.
+                    conn.pragma_update(None, "cache_size", READER_CACHE_KIB)
                         .map_err(sqlite)?;
                     conn
                 }
