@@ -24,6 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `connect(endpoint)` constructor: clients are built from a
         // `tonic::transport::Channel` with `new` instead.
         .build_transport(false)
+        // Smaller per-call buffers than tonic's default (see `codec`).
+        .codec_path("crate::codec::SmallBufferCodec")
         .compile_fds(files)?;
     Ok(())
 }

@@ -7,6 +7,53 @@
 //! types at their edge, by hand. The `.proto` files document every message
 //! and field.
 
+/// The codec of every generated client and server: prost messages, with
+/// smaller starting buffers than tonic's default.
+pub mod codec {
+    use std::marker::PhantomData;
+
+    use tonic::codec::{BufferSettings, Codec};
+    use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+    /// Bytes each call's encode and decode buffers start with (tonic's
+    /// default is 8 KiB). Hodei's messages are mostly small and a server
+    /// holds one stream per connected worker, so the buffers start small
+    /// and grow for a large message (a log chunk, a pipeline's source).
+    pub const BUFFER_BYTES: usize = 1024;
+    /// Encoded bytes after which a stream yields to other tasks (tonic's
+    /// default).
+    const YIELD_THRESHOLD: usize = 32 * 1024;
+
+    /// [`ProstCodec`] with [`BUFFER_BYTES`] buffers.
+    #[derive(Debug, Clone)]
+    pub struct SmallBufferCodec<T, U>(PhantomData<(T, U)>);
+
+    impl<T, U> Default for SmallBufferCodec<T, U> {
+        fn default() -> Self {
+            Self(PhantomData)
+        }
+    }
+
+    impl<T, U> Codec for SmallBufferCodec<T, U>
+    where
+        T: prost::Message + Send + 'static,
+        U: prost::Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = ProstEncoder<T>;
+        type Decoder = ProstDecoder<U>;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            ProstCodec::<T, U>::raw_encoder(BufferSettings::new(BUFFER_BYTES, YIELD_THRESHOLD))
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            ProstCodec::<T, U>::raw_decoder(BufferSettings::new(BUFFER_BYTES, YIELD_THRESHOLD))
+        }
+    }
+}
+
 /// Version 1 of the protocol (`package hodei.v1`).
 #[allow(
     missing_docs,
