@@ -13,12 +13,19 @@
 //! images) and `hodei worker` run the same code: build a [`WorkerConfig`]
 //! (by hand or from [`WorkerArgs`]) and call [`run`].
 //!
+//! A worker that is a process of its own (`hodei-worker`, `hodei worker`)
+//! also calls [`adopt_orphans`] before [`run`] and [`end_adopted`] after
+//! it: it is then the subreaper of everything its steps start, kills what
+//! they leave behind at the end of each segment, and exits only once none
+//! of it is left.
+//!
 //! Backstops: a worker that cannot reach the server (or hears nothing from
 //! it) for longer than [`WorkerConfig::server_lost_grace`] kills its steps
 //! and returns [`Outcome::ServerLost`]; an ephemeral worker returns after its
 //! segment ends.
 
 mod config;
+mod orphans;
 mod session;
 mod step;
 pub mod workspace;
@@ -31,6 +38,8 @@ pub use config::{
     ConfigError, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_KILL_GRACE, DEFAULT_SERVER_LOST_GRACE, Token,
     WorkerArgs, WorkerConfig,
 };
+pub use orphans::{LeftBehind, adopt_orphans, adopting, end_adopted};
+pub use session::ORPHAN_KILL_WITHIN;
 pub use step::signal_group;
 
 /// Why [`run`] returned normally.
@@ -97,6 +106,42 @@ pub async fn run_until(
     stop: impl Future<Output = ()>,
 ) -> Result<Outcome, WorkerError> {
     session::run_until(config, stop).await
+}
+
+/// Runs a worker as the whole of this process and returns its exit code:
+/// [`adopt_orphans`], [`run_until`], then [`end_adopted`]. Messages for the
+/// operator go to stderr after `prefix` (such as `"hodei-worker: "`).
+///
+/// Exit codes:
+/// - 0: a shutdown, a finished segment or a signal, and nothing the steps
+///   started is left running (the local backend relies on it);
+/// - 1: the server refused the worker, or it could not start;
+/// - 2: a bad setting (the binaries return it before calling this);
+/// - 3: the server was lost past the grace period;
+/// - 4: as 0, but processes the steps started could not all be ended.
+pub async fn run_process(config: WorkerConfig, stop: impl Future<Output = ()>, prefix: &str) -> u8 {
+    adopt_orphans();
+    let outcome = run_until(config, stop).await;
+    let left = end_adopted(ORPHAN_KILL_WITHIN).await;
+    match (outcome, left) {
+        (Err(e), _) => {
+            eprintln!("{prefix}{e}");
+            1
+        }
+        (Ok(Outcome::ServerLost { grace }), _) => {
+            eprintln!("{prefix}server lost for more than {} ms", grace.as_millis());
+            3
+        }
+        (Ok(outcome), Err(e)) => {
+            tracing::info!(?outcome, "worker done");
+            eprintln!("{prefix}{e}");
+            4
+        }
+        (Ok(outcome), Ok(_)) => {
+            tracing::info!(?outcome, "worker done");
+            0
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch.

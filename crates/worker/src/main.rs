@@ -1,14 +1,16 @@
 //! `hodei-worker`: the small static binary that goes into worker images.
 //!
-//! Exit codes: 0 after a shutdown, a finished segment or a signal; 3 when
-//! the server was lost past the grace period; 2 for a bad setting; 1 when the
-//! server refused the worker or it could not start.
+//! Exit codes: 0 after a shutdown, a finished segment or a signal, with
+//! nothing the steps started left running; 1 when the server refused the
+//! worker or it could not start; 2 for a bad setting; 3 when the server was
+//! lost past the grace period; 4 when processes the steps started could not
+//! all be ended (see `hodei_worker::run_process`).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hodei_worker::{Outcome, WorkerArgs};
+use hodei_worker::WorkerArgs;
 
 /// Connects to a Hodei server and runs the steps it assigns.
 #[derive(Debug, Parser)]
@@ -48,23 +50,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(hodei_worker::run_until(config, stop_signal())) {
-        Ok(Outcome::ServerLost { grace }) => {
-            eprintln!(
-                "hodei-worker: server lost for more than {} ms",
-                grace.as_millis()
-            );
-            ExitCode::from(3)
-        }
-        Ok(outcome) => {
-            tracing::info!(?outcome, "worker done");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("hodei-worker: {e}");
-            ExitCode::from(1)
-        }
-    }
+    ExitCode::from(runtime.block_on(hodei_worker::run_process(
+        config,
+        stop_signal(),
+        "hodei-worker: ",
+    )))
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -32,6 +32,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long the worker waits for the server to close the stream after the
 /// worker closed its side.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// How long processes the steps left behind may take to end after SIGKILL.
+pub const ORPHAN_KILL_WITHIN: Duration = Duration::from_secs(5);
 
 /// What step tasks and segment finishers hand to the connection loop.
 #[derive(Debug)]
@@ -438,9 +440,7 @@ impl Worker {
                         let _ = join.await;
                     }
                     if let Some(dir) = workspace {
-                        let _ =
-                            tokio::task::spawn_blocking(move || workspace::remove_workspace(&dir))
-                                .await;
+                        let _ = workspace::remove_workspace_async(dir).await;
                     }
                     let _ = out
                         .send(Outgoing::Exit(Outcome::Shutdown {
@@ -470,20 +470,9 @@ impl Worker {
             assign.build_number,
             &assign.segment_id,
         );
-        let root = self.config.workspace_root.clone();
-        let dir_name = name.clone();
-        let created =
-            tokio::task::spawn_blocking(move || workspace::create_workspace(&root, &dir_name))
-                .await;
-        let dir = match created {
-            Ok(Ok(dir)) => dir,
-            Ok(Err(e)) => {
-                return vec![segment_finished(
-                    &assign.segment_id,
-                    StepOutcome::Error,
-                    format!("creating workspace: {e}"),
-                )];
-            }
+        let dir = match workspace::create_workspace_async(&self.config.workspace_root, &name).await
+        {
+            Ok(dir) => dir,
             Err(e) => {
                 return vec![segment_finished(
                     &assign.segment_id,
@@ -643,8 +632,14 @@ impl Worker {
             for handle in handles {
                 let _ = handle.join.await;
             }
-            let _ =
-                tokio::task::spawn_blocking(move || workspace::remove_workspace(&workspace)).await;
+            // No step runs now: whatever the steps left behind goes before
+            // the workspace does (it may still be writing there).
+            match crate::orphans::end_adopted(ORPHAN_KILL_WITHIN).await {
+                Ok(0) => {}
+                Ok(ended) => tracing::info!(processes = ended, "killed processes the steps left"),
+                Err(e) => tracing::warn!(error = %e, "processes the steps left"),
+            }
+            let _ = workspace::remove_workspace_async(workspace).await;
             let _ = out
                 .send(Outgoing::Message(segment_finished(
                     &segment_id,
@@ -779,7 +774,7 @@ impl Worker {
                 let _ = std::fs::remove_file(&download.path);
             }
             let dir = segment.workspace;
-            let _ = tokio::task::spawn_blocking(move || workspace::remove_workspace(&dir)).await;
+            let _ = workspace::remove_workspace_async(dir).await;
         }
     }
 }

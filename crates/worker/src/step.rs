@@ -188,7 +188,9 @@ async fn run_sh(
             command.env_remove(var);
         }
     }
-    if let Err(e) = tokio::fs::create_dir_all(&spec.dir).await {
+    // Usually the workspace itself, which exists: a `stat` on this thread
+    // rather than a blocking-pool thread started for it.
+    if let Err(e) = std::fs::create_dir_all(&spec.dir) {
         return finished(
             &spec.step_id,
             -1,

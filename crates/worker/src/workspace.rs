@@ -94,6 +94,50 @@ pub fn create_workspace(root: &Path, name: &str) -> Result<PathBuf, WorkspaceErr
     Ok(dir)
 }
 
+/// [`create_workspace`] without a thread in the common case: a fresh
+/// directory is one `mkdir`, made on the calling thread; only when an
+/// earlier run left the directory behind (or the root is missing) does the
+/// work go to the blocking pool. A worker lives for one job, and starting a
+/// blocking-pool thread costs more than the job's own `mkdir`.
+pub(crate) async fn create_workspace_async(
+    root: &Path,
+    name: &str,
+) -> Result<PathBuf, WorkspaceError> {
+    let dir = root.join(name);
+    if std::fs::create_dir(&dir).is_ok() {
+        return Ok(dir);
+    }
+    let (root, name) = (root.to_owned(), name.to_owned());
+    tokio::task::spawn_blocking(move || create_workspace(&root, &name))
+        .await
+        .unwrap_or_else(|e| {
+            Err(WorkspaceError::Io {
+                path: dir,
+                source: std::io::Error::other(e),
+            })
+        })
+}
+
+/// [`remove_workspace`] without a thread when the workspace is empty (one
+/// `rmdir` on the calling thread); a workspace with files in it is removed
+/// on the blocking pool.
+pub(crate) async fn remove_workspace_async(dir: PathBuf) -> Result<(), WorkspaceError> {
+    match std::fs::remove_dir(&dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
+    let path = dir.clone();
+    tokio::task::spawn_blocking(move || remove_workspace(&dir))
+        .await
+        .unwrap_or_else(|e| {
+            Err(WorkspaceError::Io {
+                path,
+                source: std::io::Error::other(e),
+            })
+        })
+}
+
 /// Unpacks a tar archive into `dest`. Every entry must have a relative path
 /// without `..`: the first one that does not makes the whole unpack fail
 /// with its name (entries before it stay written). Links may not point out

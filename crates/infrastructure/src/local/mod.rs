@@ -14,12 +14,14 @@
 //!   [`WorkerOrchestrator::worker_state`].
 //! - Deleting a worker sends SIGTERM to its process group (the worker then
 //!   kills the process groups of its steps), SIGKILL after
-//!   [`LocalConfig::stop_grace`], reaps it, and finally kills any process
-//!   that still carries the worker's `WORKER_ID` in its environment (steps
-//!   run in their own process groups; this catches them even when the
-//!   worker died without cleaning up). Only processes started after the
-//!   worker are looked at, and deletions that overlap share one scan of
-//!   `/proc`.
+//!   [`LocalConfig::stop_grace`], and reaps it. A worker that exited with
+//!   0 has ended everything its steps left behind (it is their subreaper;
+//!   see `hodei_worker::run_process`), so that is all. Otherwise (killed,
+//!   crashed, or any other exit) the backend kills any process that still
+//!   carries the worker's `WORKER_ID` in its environment (steps run in
+//!   their own process groups; this catches them even when the worker died
+//!   without cleaning up). Only processes started after the worker are
+//!   looked at, and deletions that overlap share one scan of `/proc`.
 //!
 //! Image templates mean nothing here: the backend offers its own `local`
 //! template, built from [`detect_host_capabilities`].
@@ -394,6 +396,7 @@ impl WorkerOrchestrator for LocalOrchestrator {
             .get(id)
             .map(|c| (c.pid, c.started, c.exit.clone()));
         let mut since = 0;
+        let mut clean = false;
         if let Some((pid, started, mut exit)) = found {
             since = started;
             let running = exit.borrow().is_none();
@@ -411,12 +414,22 @@ impl WorkerOrchestrator for LocalOrchestrator {
             }
             // The worker is reaped; whatever still runs in its group goes.
             signal_group(pid, Signal::SIGKILL);
+            // A worker adopts what its steps leave behind and exits with 0
+            // only once it has ended all of it (`hodei_worker::run_process`):
+            // then there is nothing to look for.
+            clean = exit
+                .borrow()
+                .as_ref()
+                .is_some_and(|status| status.code() == Some(0));
         }
-        // A worker this backend does not track (left by an earlier server)
-        // has no known start time: every process is looked at.
-        let swept = self.sweeper.sweep(id.as_str(), since).await;
-        if swept > 0 {
-            tracing::info!(worker_id = %id, processes = swept, "killed processes left by the worker");
+        // A worker killed or failed may have left processes; one this
+        // backend does not track (left by an earlier server) has no known
+        // start time: every process is looked at.
+        if !clean {
+            let swept = self.sweeper.sweep(id.as_str(), since).await;
+            if swept > 0 {
+                tracing::info!(worker_id = %id, processes = swept, "killed processes left by the worker");
+            }
         }
         lock(&self.children).remove(id);
         Ok(())

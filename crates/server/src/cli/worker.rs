@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 
-use hodei_worker::{Outcome, WorkerArgs};
+use hodei_worker::WorkerArgs;
 
 /// Run a worker: connect to a Hodei server and run the steps it assigns
 ///
@@ -14,9 +14,11 @@ use hodei_worker::{Outcome, WorkerArgs};
 /// SERVER_PORT, WORKER_ID, WORKER_NAME, WORKER_CAPABILITIES, EPHEMERAL_MODE,
 /// HODEI_WORKER_TOKEN, HODEI_WORKSPACE_ROOT, HODEI_SERVER_LOST_GRACE); logs
 /// go to stderr, filtered by HODEI_LOG (default info). Exits with 0 after a
-/// shutdown, a finished segment or a signal; 1 when the server refused the
-/// worker; 2 for a bad setting; 3 when the server was lost past the grace
-/// period.
+/// shutdown, a finished segment or a signal, with nothing its steps started
+/// left running (it adopts and ends what they leave behind); 1 when the
+/// server refused the worker; 2 for a bad setting; 3 when the server was
+/// lost past the grace period; 4 when processes the steps started could not
+/// all be ended.
 ///
 /// Started by hand, it is a static worker: it registers with the server's
 /// shared secret (the server's `static_worker_token`, or
@@ -48,20 +50,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    match hodei_worker::run_until(config, stop_signal()).await {
-        Ok(Outcome::ServerLost { grace }) => {
-            eprintln!("error: server lost for more than {} ms", grace.as_millis());
-            Ok(ExitCode::from(3))
-        }
-        Ok(outcome) => {
-            tracing::info!(?outcome, "worker done");
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            Ok(ExitCode::from(1))
-        }
-    }
+    Ok(ExitCode::from(
+        hodei_worker::run_process(config, stop_signal(), "error: ").await,
+    ))
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -324,6 +324,49 @@ fn cancel_kills_the_running_step_and_destroys_the_worker() {
 }
 
 #[test]
+fn what_a_step_leaves_running_ends_with_its_job_even_with_no_trace_of_the_worker() {
+    run(async {
+        let server = start().await;
+        let mut client = server.jobs().await;
+        // A daemon in a session of its own, with an empty environment (no
+        // `WORKER_ID` to find it by), whose parent exits at once.
+        let pipeline = r#"pipeline {
+  agent any
+  stages {
+    stage('Daemon') {
+      steps { sh 'env -i setsid sh -c "sleep 300 >/dev/null 2>&1 & echo daemon \\$!"' }
+    }
+  }
+}
+"#;
+        let job = submit(&mut client, pipeline, Vec::new()).await.unwrap();
+        let watched = watch(&mut client, &job, 0).await;
+        assert_eq!(
+            status_of(&watched).0,
+            pb::JobStatus::Success,
+            "{watched:#?}"
+        );
+        let daemon: u32 = watched
+            .lines
+            .iter()
+            .find_map(|l| l.strip_prefix("daemon "))
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no daemon pid in {:?}", watched.lines));
+        let mut running = true;
+        for _ in 0..100 {
+            running = hodei_infrastructure::local::is_live(daemon);
+            if !running {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!running, "the step's daemon {daemon} outlived its job");
+        assert_no_worker_process(&server.handle.created_workers()).await;
+        server.stop().await;
+    });
+}
+
+#[test]
 fn a_worker_killed_mid_step_fails_the_job_with_a_clear_reason() {
     run(async {
         let server = start().await;
