@@ -171,7 +171,7 @@ impl Journal {
         at: Timestamp,
         kind: UpdateKind,
         chunk: LogChunk,
-        writer: &mpsc::UnboundedSender<Pumped>,
+        writer: &mpsc::UnboundedSender<Box<Pumped>>,
     ) {
         self.append(at, kind, Some((chunk, writer)));
     }
@@ -180,7 +180,7 @@ impl Journal {
         &self,
         at: Timestamp,
         kind: UpdateKind,
-        line: Option<(LogChunk, &mpsc::UnboundedSender<Pumped>)>,
+        line: Option<(LogChunk, &mpsc::UnboundedSender<Box<Pumped>>)>,
     ) {
         let next = {
             let mut state = lock(&self.state);
@@ -194,7 +194,7 @@ impl Journal {
                 state.logs += 1;
             }
             if let Some((chunk, writer)) = line {
-                let _ = writer.send(Pumped::Log(chunk));
+                let _ = writer.send(Box::new(Pumped::Log(chunk)));
             }
             state.updates.push_back(update);
             state.evict(self.max_log_bytes);

@@ -1217,7 +1217,7 @@ async fn lines_the_store_has_not_confirmed_stay_in_memory() {
     }
     // Handed to the writer in order, and all kept: none is stored yet.
     for i in 0..100 {
-        let Some(Pumped::Log(chunk)) = written.recv().await else {
+        let Some(Pumped::Log(chunk)) = written.recv().await.map(|item| *item) else {
             panic!("expected line {i}");
         };
         assert_eq!(chunk.data, format!("line {i}").into_bytes());

@@ -48,7 +48,6 @@ use hodei_domain::{DomainEvent, Worker, WorkerId};
 use hodei_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 use hodei_proto::v1::{self as pb, ServerMessage, WorkerMessage, server_message, worker_message};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -400,7 +399,28 @@ pub struct WorkerServiceImpl {
     hub: WorkerHub,
 }
 
-type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
+/// What the queue to one worker holds. The message is boxed: the queue
+/// allocates its slots 32 at a time and a `ServerMessage` is 176 bytes, so
+/// an idle connected worker's queue costs about 0.3 KiB instead of 5.6 KiB.
+type Outgoing = Result<Box<ServerMessage>, Status>;
+type Outbound = mpsc::Sender<Outgoing>;
+
+/// The `Connect` response stream: the worker's queue, unboxed.
+#[derive(Debug)]
+pub struct OutboundStream(mpsc::Receiver<Outgoing>);
+
+impl tokio_stream::Stream for OutboundStream {
+    type Item = Result<ServerMessage, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0
+            .poll_recv(cx)
+            .map(|item| item.map(|message| message.map(|boxed| *boxed)))
+    }
+}
 
 fn server_msg(kind: server_message::Kind) -> ServerMessage {
     ServerMessage { kind: Some(kind) }
@@ -415,7 +435,7 @@ fn now_ms() -> u64 {
 
 #[async_trait]
 impl WorkerService for WorkerServiceImpl {
-    type ConnectStream = ReceiverStream<Result<ServerMessage, Status>>;
+    type ConnectStream = OutboundStream;
 
     async fn connect(
         &self,
@@ -459,7 +479,7 @@ impl WorkerService for WorkerServiceImpl {
             server_id: hub.inner.config.server_id.clone(),
         }));
         // The channel is empty: the welcome goes before anything else.
-        let _ = tx.try_send(Ok(welcome));
+        let _ = tx.try_send(Ok(Box::new(welcome)));
         let link = Arc::new(GrpcWorkerLink::new(id.clone(), tx.clone()));
         // Registration and the session run in their own task, so a call
         // dropped half way never leaves a record or a link behind without a
@@ -480,7 +500,7 @@ impl WorkerService for WorkerServiceImpl {
             session(session_hub, link, inbound, tx, is_static).await;
         });
         match admitted_rx.await {
-            Ok(Ok(())) => Ok(Response::new(ReceiverStream::new(rx))),
+            Ok(Ok(())) => Ok(Response::new(OutboundStream(rx))),
             Ok(Err(status)) => Err(status),
             Err(_) => Err(Status::internal(format!(
                 "the registration of worker {id} ended unexpectedly"
@@ -530,7 +550,7 @@ async fn session(
             }
             _ = beat.tick() => {
                 let message = server_msg(server_message::Kind::Heartbeat(pb::Heartbeat { sent_at_ms: now_ms() }));
-                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(message)) {
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(Box::new(message))) {
                     break "the connection to the worker closed".to_owned();
                 }
             }
@@ -609,7 +629,7 @@ impl GrpcWorkerLink {
             return Err(self.lost_error());
         }
         self.tx
-            .send(Ok(server_msg(kind)))
+            .send(Ok(Box::new(server_msg(kind))))
             .await
             .map_err(|_| self.lost_error())
     }
