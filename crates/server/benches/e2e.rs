@@ -34,7 +34,9 @@
 //! --release -p hodei-worker` into the bench's own target directory before
 //! the clock starts; with `--worker=hodei` they are `hodei worker` of the
 //! release `hodei` executable (what the server starts when no
-//! `hodei-worker` is installed, e.g. under `cargo run`).
+//! `hodei-worker` is installed, e.g. under `cargo run`); with
+//! `--worker=PATH` (a path holding a `/`) they are that binary, such as the
+//! static worker of `scripts/build-static-worker.sh`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -82,6 +84,10 @@ fn main() -> anyhow::Result<()> {
     let wanted: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
     let runs = |phase: &str| wanted.is_empty() || wanted.iter().any(|w| phase.contains(w.as_str()));
     let worker = match args.iter().find_map(|a| a.strip_prefix("--worker=")) {
+        Some(path) if path.contains('/') => Worker {
+            binary: PathBuf::from(path),
+            args: Vec::new(),
+        },
         None | Some("hodei-worker") => Worker {
             binary: build_release("hodei-worker", "hodei-worker")?,
             args: Vec::new(),
@@ -90,7 +96,9 @@ fn main() -> anyhow::Result<()> {
             binary: build_release("hodei-server", "hodei")?,
             args: vec!["worker".to_owned()],
         },
-        Some(other) => bail!("--worker: expected `hodei-worker` or `hodei`, got `{other}`"),
+        Some(other) => bail!(
+            "--worker: expected `hodei-worker`, `hodei` or the path of a worker binary, got `{other}`"
+        ),
     };
     println!(
         "workers run as: {} {}",
