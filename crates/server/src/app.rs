@@ -66,7 +66,7 @@ use hodei_infrastructure::{
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
@@ -151,6 +151,40 @@ fn capabilities_cache_file(settings: &Settings) -> PathBuf {
         )
 }
 
+/// The longest socket path Linux takes (`sun_path` holds 108 bytes with
+/// the final NUL), with some room.
+const MAX_SOCKET_PATH: usize = 100;
+
+/// Listens on `data_dir/workers.sock` for the local backend's workers,
+/// readable and writable by this user only (a stale socket of an earlier
+/// run is replaced). `None`, with the reason logged, when that cannot be
+/// done: the workers then use TCP like any other.
+fn bind_worker_socket(data_dir: &std::path::Path) -> Option<(PathBuf, tokio::net::UnixListener)> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = data_dir.join("workers.sock");
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        tracing::info!(path = %path.display(), "data_dir is too long a path for a Unix socket: local workers connect over TCP");
+        return None;
+    }
+    let bound = std::fs::create_dir_all(data_dir)
+        .and_then(|()| match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .and_then(|()| tokio::net::UnixListener::bind(&path))
+        .and_then(|listener| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            Ok(listener)
+        });
+    match bound {
+        Ok(listener) => Some((path, listener)),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot listen on the workers' socket: local workers connect over TCP");
+            None
+        }
+    }
+}
+
 impl Server {
     /// Builds the adapters `settings` names, starts the use cases, binds the
     /// gRPC and HTTP listeners (port 0 picks a free port: see
@@ -176,6 +210,10 @@ impl Server {
             .with_context(|| format!("http_addr: cannot listen on {}", settings.http_addr))?;
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
+        let worker_socket = match settings.backend {
+            Backend::Local => bind_worker_socket(&settings.data_dir),
+            Backend::Docker | Backend::Kubernetes => None,
+        };
 
         let (backend, mut templates): (Arc<dyn WorkerOrchestrator>, _) = match settings.backend {
             Backend::Local => {
@@ -188,6 +226,7 @@ impl Server {
                 config.worker_args.clone_from(&settings.worker_args);
                 config.workspace_root = settings.data_dir.join("workspaces");
                 config.server_lost_grace = Some(settings.worker_lost_after);
+                config.server_socket = worker_socket.as_ref().map(|(path, _)| path.clone());
                 let host = detect_host_capabilities_cached(
                     DEFAULT_PROBE_TIMEOUT,
                     &capabilities_cache_file(&settings),
@@ -348,6 +387,7 @@ impl Server {
         }
 
         let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
         let grpc_serving = Arc::new(AtomicBool::new(false));
         // Workers authenticate in `Hello`; clients with the bearer token.
         let client_auth = RequireBearer::new(settings.client_token.clone());
@@ -377,9 +417,31 @@ impl Server {
                 .max_encoding_message_size(message_limit),
                 client_auth,
             ));
+        if let Some((path, listener)) = worker_socket {
+            // Local workers reach the worker service on a Unix socket: no
+            // TCP stack on either side. Only the worker service is there.
+            let workers_grpc = tonic::transport::Server::builder().add_service(
+                hub.service()
+                    .max_decoding_message_size(message_limit)
+                    .max_encoding_message_size(message_limit),
+            );
+            let socket_stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = workers_grpc
+                    .serve_with_incoming_shutdown(
+                        UnixListenerStream::new(listener),
+                        socket_stop.cancelled(),
+                    )
+                    .await
+                {
+                    tracing::error!(error = %e, "gRPC server on the workers' socket failed");
+                }
+                let _ = std::fs::remove_file(&path);
+            }));
+        }
         let grpc_stop = stop.clone();
         let serving = grpc_serving.clone();
-        let mut tasks = vec![tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             serving.store(true, Ordering::SeqCst);
             // Small messages (log lines, step results) must not wait for
             // Nagle's algorithm.
@@ -398,7 +460,7 @@ impl Server {
                 tracing::error!(error = %e, "gRPC server failed");
             }
             serving.store(false, Ordering::SeqCst);
-        })];
+        }));
 
         let router = http::router(HttpState {
             metrics,

@@ -44,6 +44,10 @@ pub struct WorkerConfig {
     pub server_host: String,
     /// The server's gRPC port.
     pub server_port: u16,
+    /// A Unix socket on which the server serves workers (the local backend
+    /// gives its workers one): when set, the worker connects there instead
+    /// of to `server_host:server_port`, which skips the TCP stack.
+    pub server_socket: Option<PathBuf>,
     /// The worker's id (given by the orchestrator to an ephemeral worker).
     pub worker_id: String,
     /// The worker's display name, given to steps as `WORKER_NAME`.
@@ -77,6 +81,7 @@ impl WorkerConfig {
         Self {
             server_host: server_host.into(),
             server_port,
+            server_socket: None,
             worker_name: worker_id.clone(),
             worker_id,
             capabilities: Vec::new(),
@@ -135,6 +140,10 @@ pub struct WorkerArgs {
     /// The server's gRPC port.
     #[arg(long, env = "SERVER_PORT", default_value = "9090")]
     pub server_port: String,
+    /// A Unix socket of the server's to connect to instead of host and port
+    /// (the local backend sets it).
+    #[arg(long, env = "HODEI_SERVER_SOCKET")]
+    pub server_socket: Option<PathBuf>,
     /// The worker's id (default: the host name and process id).
     #[arg(long, env = "WORKER_ID")]
     pub worker_id: Option<String>,
@@ -183,6 +192,9 @@ impl WorkerArgs {
             message,
         })?;
         let mut config = WorkerConfig::new(server_host, server_port, worker_id);
+        config.server_socket = self
+            .server_socket
+            .filter(|path| !path.as_os_str().is_empty());
         if let Some(name) = self.worker_name.map(|n| n.trim().to_owned())
             && !name.is_empty()
         {
@@ -319,9 +331,17 @@ mod tests {
             "/ws",
             "--server-lost-grace",
             "1500ms",
+            "--server-socket",
+            "/data/workers.sock",
         ])
         .unwrap();
         assert_eq!(c.endpoint(), "http://hodei.svc:7000");
+        assert_eq!(
+            c.server_socket.as_deref(),
+            Some(std::path::Path::new("/data/workers.sock"))
+        );
+        let tcp = config(&["--worker-id", "w-2"]).unwrap();
+        assert_eq!(tcp.server_socket, None, "no socket: TCP");
         assert_eq!(c.worker_id, "w-1");
         assert_eq!(c.worker_name, "builder");
         assert_eq!(c.capabilities, ["linux", "git", "java-17"]);

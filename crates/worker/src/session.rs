@@ -118,6 +118,32 @@ fn segment_finished(segment_id: &str, outcome: StepOutcome, text: String) -> Wor
     }))
 }
 
+/// Opens the connection to the server on its Unix socket.
+#[derive(Debug, Clone)]
+struct UnixConnector(PathBuf);
+
+impl tower_service::Service<tonic::transport::Uri> for UnixConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::transport::Uri) -> Self::Future {
+        let path = self.0.clone();
+        Box::pin(async move {
+            tokio::net::UnixStream::connect(path)
+                .await
+                .map(hyper_util::rt::TokioIo::new)
+        })
+    }
+}
+
 /// Runs the worker until it is done; see [`crate::run`].
 pub(crate) async fn run_until(
     config: WorkerConfig,
@@ -241,7 +267,15 @@ impl Worker {
         out_rx: &mut mpsc::Receiver<Outgoing>,
     ) -> Session {
         let grace = self.config.server_lost_grace;
-        let channel = match endpoint.connect().await {
+        let connected = match &self.config.server_socket {
+            Some(path) => {
+                endpoint
+                    .connect_with_connector(UnixConnector(path.clone()))
+                    .await
+            }
+            None => endpoint.connect().await,
+        };
+        let channel = match connected {
             Ok(channel) => channel,
             Err(e) => {
                 tracing::debug!(error = %e, "connect failed");

@@ -87,6 +87,10 @@ pub struct LocalConfig {
     pub workspace_root: PathBuf,
     /// Given to workers as `HODEI_SERVER_LOST_GRACE` (whole milliseconds).
     pub server_lost_grace: Option<Duration>,
+    /// A Unix socket on which the server serves workers, given to them as
+    /// `HODEI_SERVER_SOCKET`: they connect there rather than over TCP
+    /// (`SERVER_HOST` and `SERVER_PORT` are still set).
+    pub server_socket: Option<PathBuf>,
     /// Time between SIGTERM and SIGKILL when deleting a worker.
     pub stop_grace: Duration,
     /// How many stderr lines are kept per worker.
@@ -102,6 +106,7 @@ impl LocalConfig {
             worker_args: Vec::new(),
             workspace_root: std::env::temp_dir().join("hodei-workspaces"),
             server_lost_grace: None,
+            server_socket: None,
             stop_grace: Duration::from_secs(5),
             stderr_lines: 20,
         }
@@ -321,6 +326,9 @@ impl WorkerOrchestrator for LocalOrchestrator {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
+        if let Some(socket) = &self.config.server_socket {
+            command.env("HODEI_SERVER_SOCKET", socket);
+        }
         if let Some(grace) = self.config.server_lost_grace {
             command.env(
                 "HODEI_SERVER_LOST_GRACE",

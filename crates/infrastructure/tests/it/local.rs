@@ -60,6 +60,7 @@ fn orchestrator(dir: &Path, script: &str) -> LocalOrchestrator {
     config.worker_args = vec![path.display().to_string()];
     config.workspace_root = dir.join("ws");
     config.server_lost_grace = Some(Duration::from_millis(1500));
+    config.server_socket = Some(dir.join("workers.sock"));
     config.stop_grace = Duration::from_millis(500);
     LocalOrchestrator::new(config)
 }
@@ -141,6 +142,10 @@ fn create_runs_the_worker_with_the_seed_variables_and_delete_kills_everything() 
             "HODEI_SERVER_LOST_GRACE=1500ms",
             "TEMPLATE_VAR=from-template",
             &format!("HODEI_WORKSPACE_ROOT={}", dir.path().join("ws").display()),
+            &format!(
+                "HODEI_SERVER_SOCKET={}",
+                dir.path().join("workers.sock").display()
+            ),
         ] {
             assert!(
                 env.lines().any(|l| l == expected),

@@ -12,7 +12,8 @@ use hodei_worker::WorkerArgs;
 ///
 /// Every flag falls back to an environment variable (SERVER_HOST,
 /// SERVER_PORT, WORKER_ID, WORKER_NAME, WORKER_CAPABILITIES, EPHEMERAL_MODE,
-/// HODEI_WORKER_TOKEN, HODEI_WORKSPACE_ROOT, HODEI_SERVER_LOST_GRACE); logs
+/// HODEI_WORKER_TOKEN, HODEI_WORKSPACE_ROOT, HODEI_SERVER_LOST_GRACE,
+/// HODEI_SERVER_SOCKET); logs
 /// go to stderr, filtered by HODEI_LOG (default info). Exits with 0 after a
 /// shutdown, a finished segment or a signal, with nothing its steps started
 /// left running (it adopts and ends what they leave behind); 1 when the

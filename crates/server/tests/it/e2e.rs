@@ -324,6 +324,27 @@ fn cancel_kills_the_running_step_and_destroys_the_worker() {
 }
 
 #[test]
+fn local_workers_connect_on_the_servers_unix_socket() {
+    run(async {
+        // Workers told a TCP address nothing listens on (a documentation
+        // address) can only reach the server through its socket.
+        let server = start_with(|s| s.advertise_host = Some("192.0.2.1".into())).await;
+        let mut client = server.jobs().await;
+        let pipeline =
+            "pipeline { agent any; stages { stage('S') { steps { sh 'echo via socket' } } } }";
+        let job = submit(&mut client, pipeline, Vec::new()).await.unwrap();
+        let watched = watch(&mut client, &job, 0).await;
+        assert_eq!(
+            status_of(&watched).0,
+            pb::JobStatus::Success,
+            "{watched:#?}"
+        );
+        assert!(watched.has_line("via socket"), "{:?}", watched.lines);
+        server.stop().await;
+    });
+}
+
+#[test]
 fn what_a_step_leaves_running_ends_with_its_job_even_with_no_trace_of_the_worker() {
     run(async {
         let server = start().await;
