@@ -8,10 +8,16 @@
 # Honours CARGO_TARGET_DIR. Prints the binary's absolute path on its last
 # line.
 #
+# It is also linked at a fixed address (not position-independent): with no
+# dynamic loader and no relocations to apply, it starts in about 0.4 ms of
+# CPU where the default dynamic build takes 0.9 ms (`perf stat -r 500
+# hodei-worker --version`), which counts when the local backend starts one
+# per job.
+#
 # The same build by hand:
-#   RUSTFLAGS="-C target-feature=+crt-static" \
+#   RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
 #     cargo build --release -p hodei-worker --target x86_64-unknown-linux-gnu
-# (--target keeps the flag away from build scripts and proc macros.)
+# (--target keeps the flags away from build scripts and proc macros.)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -19,7 +25,7 @@ target=x86_64-unknown-linux-gnu
 out_dir=${1:-target/static}
 target_dir=${CARGO_TARGET_DIR:-target}
 
-RUSTFLAGS="-C target-feature=+crt-static" \
+RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
     cargo build --release -p hodei-worker --target "$target" >&2
 
 built="$target_dir/$target/release/hodei-worker"

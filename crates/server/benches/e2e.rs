@@ -29,14 +29,15 @@
 //! The store is the default (`sqlite` in the phase's data directory);
 //! `HODEI_STORE=memory` runs the phases with the in-memory store instead.
 //!
-//! Workers are the release `hodei-worker` binary (what the local backend
-//! starts when it is installed next to `hodei`), built with `cargo build
-//! --release -p hodei-worker` into the bench's own target directory before
-//! the clock starts; with `--worker=hodei` they are `hodei worker` of the
-//! release `hodei` executable (what the server starts when no
-//! `hodei-worker` is installed, e.g. under `cargo run`); with
-//! `--worker=PATH` (a path holding a `/`) they are that binary, such as the
-//! static worker of `scripts/build-static-worker.sh`.
+//! Workers are the static `hodei-worker` of `scripts/build-static-worker.sh`
+//! (what goes into the images, and what the README installs next to
+//! `hodei`, where the local backend finds it), built into the bench's own
+//! target directory before the clock starts. `--worker=hodei-worker` runs
+//! the default dynamic release build instead (`cargo build --release -p
+//! hodei-worker`), `--worker=hodei` the `hodei worker` of the release `hodei`
+//! executable (what the server starts when no `hodei-worker` is installed,
+//! e.g. under `cargo run`), and `--worker=PATH` (a path holding a `/`) that
+//! binary.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -78,8 +79,8 @@ const IDLE_PIPELINE: &str =
     "pipeline { agent any; stages { stage('Idle') { steps { sh 'sleep 300' } } } }";
 
 fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench`; `--worker=hodei` starts workers as
-    // `hodei worker`; other arguments name phases.
+    // `cargo bench` passes `--bench`; `--worker=...` picks the worker
+    // binary; other arguments name phases.
     let args: Vec<String> = std::env::args().skip(1).collect();
     let wanted: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
     let runs = |phase: &str| wanted.is_empty() || wanted.iter().any(|w| phase.contains(w.as_str()));
@@ -88,7 +89,11 @@ fn main() -> anyhow::Result<()> {
             binary: PathBuf::from(path),
             args: Vec::new(),
         },
-        None | Some("hodei-worker") => Worker {
+        None | Some("static") => Worker {
+            binary: build_static_worker()?,
+            args: Vec::new(),
+        },
+        Some("hodei-worker") => Worker {
             binary: build_release("hodei-worker", "hodei-worker")?,
             args: Vec::new(),
         },
@@ -97,7 +102,7 @@ fn main() -> anyhow::Result<()> {
             args: vec!["worker".to_owned()],
         },
         Some(other) => bail!(
-            "--worker: expected `hodei-worker`, `hodei` or the path of a worker binary, got `{other}`"
+            "--worker: expected `static`, `hodei-worker`, `hodei` or the path of a worker binary, got `{other}`"
         ),
     };
     println!(
@@ -133,19 +138,46 @@ struct Worker {
     args: Vec<String>,
 }
 
+/// This bench's target directory (the bench runs from
+/// `target/release/deps/e2e-HASH`).
+fn target_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("the bench executable's path")?;
+    exe.parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .map(Path::to_owned)
+        .context("the bench executable lives in target/<profile>/deps")
+}
+
+/// Builds the static worker with `scripts/build-static-worker.sh` into
+/// this bench's target directory and returns its path (the script prints
+/// it last).
+fn build_static_worker() -> anyhow::Result<PathBuf> {
+    let target_dir = target_dir()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let output = std::process::Command::new(root.join("scripts/build-static-worker.sh"))
+        .arg(target_dir.join("static"))
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .current_dir(&root)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cannot run scripts/build-static-worker.sh")?;
+    if !output.status.success() {
+        bail!("building the static worker failed: {}", output.status);
+    }
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let path = PathBuf::from(printed.lines().last().unwrap_or_default().trim());
+    if !path.is_file() {
+        bail!("the static worker was not built: {printed}");
+    }
+    Ok(path)
+}
+
 /// Builds the release binary `bin` of `package` into this bench's target
 /// directory (a no-op when it is up to date) and returns its path.
 fn build_release(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("the bench executable's path")?;
-    // target/release/deps/e2e-HASH → target/release
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("the bench executable lives in target/<profile>/deps")?
-        .to_owned();
-    let target_dir = profile_dir
-        .parent()
-        .context("target/<profile> has a parent")?;
+    let target_dir = target_dir()?;
+    let target_dir = target_dir.as_path();
     let status = std::process::Command::new(env!("CARGO"))
         .args(["build", "--release", "-p", package, "--bin", bin])
         .arg("--target-dir")
