@@ -644,15 +644,22 @@ impl ServerHandle {
         let reason = "the server is shutting down";
         self.jobs.shutdown(reason).await;
         self.manager.shutdown(reason).await;
-        let mut leftovers: Vec<_> = self
-            .orchestrator
-            .created()
-            .into_iter()
-            .map(|h| h.worker_id)
-            .collect();
-        if let Ok(found) = self.orchestrator.list_workers(&self.server_id).await {
-            leftovers.extend(found.into_iter().map(|w| w.worker_id));
-        }
+        // What the backend still holds for this server; only when it cannot
+        // say, every worker this server created. (Deleting a worker that is
+        // gone is not free: the local backend then looks through every
+        // process for what it may have left, and after a busy run that was
+        // thousands of scans.)
+        let mut leftovers: Vec<_> = match self.orchestrator.list_workers(&self.server_id).await {
+            Ok(found) => found.into_iter().map(|w| w.worker_id).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the backend's workers at shutdown; deleting every worker created");
+                self.orchestrator
+                    .created()
+                    .into_iter()
+                    .map(|h| h.worker_id)
+                    .collect()
+            }
+        };
         leftovers.sort();
         leftovers.dedup();
         for id in leftovers {
