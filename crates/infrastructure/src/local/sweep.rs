@@ -372,15 +372,28 @@ mod tests {
     }
 
     /// A `sleep` carrying `WORKER_ID=<id>`, in its own process group.
+    /// A `sleep` carrying `WORKER_ID=id`, returned once its environment
+    /// can be read: `spawn` returns while the kernel is still setting up
+    /// the new program, before `/proc/<pid>/environ` shows it.
     fn marked_sleep(id: &str) -> std::process::Child {
         use std::os::unix::process::CommandExt;
-        Command::new("sleep")
+        let child = Command::new("sleep")
             .arg("300")
             .env("WORKER_ID", id)
             .stdin(Stdio::null())
             .process_group(0)
             .spawn()
-            .expect("sleep starts")
+            .expect("sleep starts");
+        let environ = format!("/proc/{}/environ", child.id());
+        let marker = marker(id);
+        for _ in 0..500 {
+            let mut buf = Vec::new();
+            if read_into(&environ, &mut buf) && buf.windows(marker.len()).any(|w| w == marker) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child
     }
 
     fn unique(name: &str) -> String {
