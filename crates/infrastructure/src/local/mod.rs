@@ -189,8 +189,10 @@ struct LocalChild {
     exit: watch::Receiver<Option<ExitStatus>>,
 }
 
-/// Bytes of a worker's stderr read at a time.
-const STDERR_BUFFER: usize = 1024;
+/// Bytes of a worker's stderr read at a time: its lines are short (a
+/// longer one is still read whole), and the buffer lives as long as the
+/// worker, so it stays small.
+const STDERR_BUFFER: usize = 256;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -351,24 +353,31 @@ impl WorkerOrchestrator for LocalOrchestrator {
         let stderr = child.stderr.take();
         let tail_writer = tail.clone();
         let worker_id = spec.worker_id.to_string();
+        // One task per worker reads its stderr and waits for its exit.
         tokio::spawn(async move {
-            let reader_id = worker_id.clone();
-            let reader = tokio::spawn(async move {
+            let reader = async {
                 if let Some(stderr) = stderr {
-                    // A worker writes a few short lines; a small buffer keeps
-                    // the server's memory per worker low (longer lines are
-                    // still read whole).
                     let mut lines = BufReader::with_capacity(STDERR_BUFFER, stderr).lines();
                     while let Ok(Some(line)) = lines.next_line().await {
-                        tracing::debug!(worker_id = %reader_id, "worker: {line}");
+                        tracing::debug!(worker_id = %worker_id, "worker: {line}");
                         lock(&tail_writer).push(&line);
                     }
                 }
-            });
-            let status = child.wait().await;
+            };
+            tokio::pin!(reader);
+            let mut read_all = false;
+            let status = tokio::select! {
+                status = child.wait() => status,
+                () = &mut reader => {
+                    read_all = true;
+                    child.wait().await
+                }
+            };
             // Give the reader a moment for the last lines; a stray process
             // holding stderr open must not delay the exit.
-            let _ = tokio::time::timeout(Duration::from_millis(500), reader).await;
+            if !read_all {
+                let _ = tokio::time::timeout(Duration::from_millis(500), reader).await;
+            }
             match status {
                 Ok(status) => {
                     let _ = exit_tx.send(Some(status));
