@@ -17,6 +17,22 @@ fn status_of(watched: &support::Watched) -> (pb::JobStatus, String) {
     watched.status.clone().expect("the job reported a status")
 }
 
+/// Submits `pipeline` (no source), watches it to its end and checks that
+/// it succeeded.
+async fn run_to_success(
+    client: &mut hodei_proto::v1::job_service_client::JobServiceClient<tonic::transport::Channel>,
+    pipeline: &str,
+) -> support::Watched {
+    let job = submit(client, pipeline, Vec::new()).await.unwrap();
+    let watched = watch(client, &job, 0).await;
+    assert_eq!(
+        status_of(&watched).0,
+        pb::JobStatus::Success,
+        "{watched:#?}"
+    );
+    watched
+}
+
 #[test]
 fn hello_world() {
     run(async {
@@ -332,13 +348,7 @@ fn local_workers_connect_on_the_servers_unix_socket() {
         let mut client = server.jobs().await;
         let pipeline =
             "pipeline { agent any; stages { stage('S') { steps { sh 'echo via socket' } } } }";
-        let job = submit(&mut client, pipeline, Vec::new()).await.unwrap();
-        let watched = watch(&mut client, &job, 0).await;
-        assert_eq!(
-            status_of(&watched).0,
-            pb::JobStatus::Success,
-            "{watched:#?}"
-        );
+        let watched = run_to_success(&mut client, pipeline).await;
         assert!(watched.has_line("via socket"), "{:?}", watched.lines);
         server.stop().await;
     });
@@ -360,13 +370,7 @@ fn what_a_step_leaves_running_ends_with_its_job_even_with_no_trace_of_the_worker
   }
 }
 "#;
-        let job = submit(&mut client, pipeline, Vec::new()).await.unwrap();
-        let watched = watch(&mut client, &job, 0).await;
-        assert_eq!(
-            status_of(&watched).0,
-            pb::JobStatus::Success,
-            "{watched:#?}"
-        );
+        let watched = run_to_success(&mut client, pipeline).await;
         let daemon: u32 = watched
             .lines
             .iter()
