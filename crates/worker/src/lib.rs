@@ -118,11 +118,16 @@ pub async fn run_until(
 /// - 1: the server refused the worker, or it could not start;
 /// - 2: a bad setting (the binaries return it before calling this);
 /// - 3: the server was lost past the grace period;
-/// - 4: as 0, but processes the steps started could not all be ended.
+/// - 4: as 0, but processes the steps started could not all be ended (or
+///   this process could not adopt them).
 pub async fn run_process(config: WorkerConfig, stop: impl Future<Output = ()>, prefix: &str) -> u8 {
-    adopt_orphans();
+    let adopted = adopt_orphans();
     let outcome = run_until(config, stop).await;
-    let left = end_adopted(ORPHAN_KILL_WITHIN).await;
+    let left = if adopted {
+        end_adopted(ORPHAN_KILL_WITHIN).await
+    } else {
+        Err(LeftBehind::NotAdopting)
+    };
     match (outcome, left) {
         (Err(e), _) => {
             eprintln!("{prefix}{e}");

@@ -40,6 +40,10 @@ pub enum LeftBehind {
     /// stuck in the kernel, such as on a hung network file system).
     #[error("processes {0:?} were sent SIGKILL but had not ended")]
     StillRunning(Vec<u32>),
+    /// This process could not become a subreaper: what the steps left may
+    /// have gone to `init`, out of the worker's sight.
+    #[error("this process could not adopt what its steps left behind")]
+    NotAdopting,
 }
 
 /// Makes this process the child subreaper of its descendants (Linux
