@@ -32,14 +32,14 @@ pub mod workspace;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use config::{
     ConfigError, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_KILL_GRACE, DEFAULT_SERVER_LOST_GRACE, Token,
     WorkerArgs, WorkerConfig,
 };
-pub use orphans::{LeftBehind, adopt_orphans, adopting, end_adopted};
-pub use session::ORPHAN_KILL_WITHIN;
+pub use orphans::{LeftBehind, ORPHAN_KILL_WITHIN, adopt_orphans, adopting, end_adopted};
 pub use step::signal_group;
 
 /// Why [`run`] returned normally.
@@ -121,6 +121,7 @@ pub async fn run_until(
 /// - 4: as 0, but processes the steps started could not all be ended (or
 ///   this process could not adopt them).
 pub async fn run_process(config: WorkerConfig, stop: impl Future<Output = ()>, prefix: &str) -> u8 {
+    WHOLE_PROCESS.store(true, Ordering::SeqCst);
     let adopted = adopt_orphans();
     let outcome = run_until(config, stop).await;
     let left = if adopted {
@@ -147,6 +148,15 @@ pub async fn run_process(config: WorkerConfig, stop: impl Future<Output = ()>, p
             0
         }
     }
+}
+
+/// Set by [`run_process`]: the worker is the whole of this process, so it
+/// may change process-wide state such as the working directory.
+static WHOLE_PROCESS: AtomicBool = AtomicBool::new(false);
+
+/// Whether the worker is the whole of this process ([`run_process`]).
+pub(crate) fn whole_process() -> bool {
+    WHOLE_PROCESS.load(Ordering::SeqCst)
 }
 
 /// Milliseconds since the Unix epoch.

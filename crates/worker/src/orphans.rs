@@ -26,6 +26,9 @@ use nix::unistd::Pid;
 /// Set once this process is a child subreaper.
 static ADOPTING: AtomicBool = AtomicBool::new(false);
 
+/// How long processes the steps left behind may take to end after SIGKILL.
+pub const ORPHAN_KILL_WITHIN: Duration = Duration::from_secs(5);
+
 /// How often a child that was sent SIGKILL is checked for having ended.
 const REAP_POLL: Duration = Duration::from_millis(1);
 

@@ -32,8 +32,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long the worker waits for the server to close the stream after the
 /// worker closed its side.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
-/// How long processes the steps left behind may take to end after SIGKILL.
-pub const ORPHAN_KILL_WITHIN: Duration = Duration::from_secs(5);
 
 /// What step tasks and segment finishers hand to the connection loop.
 #[derive(Debug)]
@@ -474,7 +472,7 @@ impl Worker {
                         let _ = join.await;
                     }
                     if let Some(dir) = workspace {
-                        let _ = workspace::remove_workspace_async(dir).await;
+                        end_leftovers_and_remove(dir).await;
                     }
                     let _ = out
                         .send(Outgoing::Exit(Outcome::Shutdown {
@@ -515,6 +513,7 @@ impl Worker {
                 )];
             }
         };
+        workspace::enter(&dir);
         let mut env = HashMap::from([
             ("JOB_NAME".to_owned(), assign.job_name.clone()),
             ("BUILD_NUMBER".to_owned(), assign.build_number.to_string()),
@@ -666,14 +665,7 @@ impl Worker {
             for handle in handles {
                 let _ = handle.join.await;
             }
-            // No step runs now: whatever the steps left behind goes before
-            // the workspace does (it may still be writing there).
-            match crate::orphans::end_adopted(ORPHAN_KILL_WITHIN).await {
-                Ok(0) => {}
-                Ok(ended) => tracing::info!(processes = ended, "killed processes the steps left"),
-                Err(e) => tracing::warn!(error = %e, "processes the steps left"),
-            }
-            let _ = workspace::remove_workspace_async(workspace).await;
+            end_leftovers_and_remove(workspace).await;
             let _ = out
                 .send(Outgoing::Message(segment_finished(
                     &segment_id,
@@ -780,7 +772,8 @@ impl Worker {
     }
 
     /// Kills every step and waits for them, forwarding what they still say
-    /// to `forward` (or dropping it), then removes the workspace.
+    /// to `forward` (or dropping it), then ends what they left behind and
+    /// removes the workspace.
     async fn stop_all(
         &mut self,
         reason: &str,
@@ -807,8 +800,20 @@ impl Worker {
             if let Some(download) = segment.download {
                 let _ = std::fs::remove_file(&download.path);
             }
-            let dir = segment.workspace;
-            let _ = workspace::remove_workspace_async(dir).await;
+            end_leftovers_and_remove(segment.workspace).await;
         }
     }
+}
+
+/// Once no step of a segment runs: ends whatever its steps left behind,
+/// then removes its workspace (a process left behind may still be writing
+/// there).
+async fn end_leftovers_and_remove(workspace: PathBuf) {
+    match crate::orphans::end_adopted(crate::orphans::ORPHAN_KILL_WITHIN).await {
+        Ok(0) => {}
+        Ok(ended) => tracing::info!(processes = ended, "killed processes the steps left"),
+        Err(e) => tracing::warn!(error = %e, "processes the steps left"),
+    }
+    workspace::leave();
+    let _ = workspace::remove_workspace_async(workspace).await;
 }

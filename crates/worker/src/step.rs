@@ -2,9 +2,12 @@
 //! its output streamed as it is produced, or a `writeFile`.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use hodei_proto::v1::{
@@ -18,12 +21,44 @@ use tokio::sync::{mpsc, watch};
 
 use crate::now_ms;
 use crate::session::Outgoing;
+use crate::workspace;
 
 /// Largest `LogChunk.data` the worker sends.
 pub const MAX_CHUNK: usize = 64 * 1024;
 
 /// Environment variables of the worker that steps never see.
 const HIDDEN_VARS: &[&str] = &["HODEI_WORKER_TOKEN"];
+
+/// Where `sh` is for a step with environment `env`: the first `sh` on the
+/// `PATH` the step gets (its own, else the worker's), as `execvp` would
+/// find it, or plain `sh` when none is found (the spawn then fails with the
+/// system's reason).
+///
+/// An absolute path spares the search's failed `execve`s in the child, and
+/// lets Rust's standard library use `posix_spawn` when the step sets its
+/// own `PATH` (which the library otherwise handles with a `fork`).
+fn shell(env: &HashMap<String, String>) -> PathBuf {
+    static INHERITED: OnceLock<PathBuf> = OnceLock::new();
+    match env.get("PATH") {
+        Some(path) => find_in_path("sh", OsStr::new(path)),
+        None => INHERITED
+            .get_or_init(|| find_in_path("sh", &std::env::var_os("PATH").unwrap_or_default()))
+            .clone(),
+    }
+}
+
+/// The first executable regular file named `name` in the directories of
+/// `path` (absolute entries only), else `name` itself.
+fn find_in_path(name: &str, path: &OsStr) -> PathBuf {
+    std::env::split_paths(path)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
+        .unwrap_or_else(|| PathBuf::from(name))
+}
 
 /// What a step does.
 #[derive(Debug, Clone)]
@@ -171,12 +206,12 @@ async fn run_sh(
     mut stop: watch::Receiver<Stop>,
     started: Instant,
 ) -> Outgoing {
-    let mut command = Command::new("sh");
+    let mut command = Command::new(shell(&spec.env));
     command
+        .arg0("sh")
         .arg("-e")
         .arg("-c")
         .arg(script)
-        .current_dir(&spec.dir)
         .envs(&spec.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -187,6 +222,9 @@ async fn run_sh(
         if !spec.env.contains_key(*var) {
             command.env_remove(var);
         }
+    }
+    if !workspace::is_entered(&spec.dir) {
+        command.current_dir(&spec.dir);
     }
     // Usually the workspace itself, which exists: a `stat` on this thread
     // rather than a blocking-pool thread started for it.
@@ -401,6 +439,106 @@ mod tests {
         check(255 << 8, 255);
         check(9, 137);
         check(15, 143);
+    }
+
+    #[test]
+    fn sh_is_the_first_executable_file_of_that_name_on_the_path() {
+        let root = tempfile::tempdir().expect("a temporary directory");
+        let dir = |name: &str| {
+            let dir = root.path().join(name);
+            std::fs::create_dir(&dir).expect("a directory");
+            dir
+        };
+        let (plain, nested, found, later) =
+            (dir("plain"), dir("nested"), dir("found"), dir("later"));
+        let write = |path: PathBuf, mode: u32| {
+            std::fs::write(&path, "#!/bin/sh\n").expect("a file");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .expect("permissions");
+        };
+        write(plain.join("sh"), 0o644);
+        std::fs::create_dir(nested.join("sh")).expect("a directory named sh");
+        write(found.join("sh"), 0o755);
+        write(later.join("sh"), 0o755);
+        let path =
+            std::env::join_paths([PathBuf::from("found"), plain, nested, found.clone(), later])
+                .expect("a PATH");
+        assert_eq!(find_in_path("sh", &path), found.join("sh"));
+        assert_eq!(
+            find_in_path("sh", OsStr::new("/nonexistent:relative")),
+            PathBuf::from("sh")
+        );
+    }
+
+    /// Runs `spec` to its end and returns its output and exit code.
+    fn run_to_end(spec: StepSpec) -> (String, i32) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let (out, mut sent) = mpsc::channel(64);
+        let (_stop_tx, stop) = watch::channel(Stop::No);
+        runtime.block_on(async move {
+            tokio::spawn(run_step(spec, out, stop));
+            let mut text = String::new();
+            while let Some(item) = sent.recv().await {
+                let Outgoing::Message(message) = item else {
+                    continue;
+                };
+                match message.kind {
+                    Some(worker_message::Kind::LogChunk(chunk)) => {
+                        text.push_str(&String::from_utf8_lossy(&chunk.data));
+                    }
+                    Some(worker_message::Kind::StepFinished(done)) => {
+                        return (text, done.exit_code);
+                    }
+                    _ => {}
+                }
+            }
+            panic!("the step ended without StepFinished; output: {text}");
+        })
+    }
+
+    fn sh_step(dir: &std::path::Path, script: &str, env: HashMap<String, String>) -> StepSpec {
+        StepSpec {
+            step_id: "s-1".into(),
+            action: Action::Sh(script.into()),
+            dir: dir.to_owned(),
+            env,
+            timeout: None,
+            kill_grace: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn a_step_that_sets_its_path_gets_the_sh_found_on_it() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).expect("a directory");
+        let wrapper = bin.join("sh");
+        let system_sh = find_in_path("sh", &std::env::var_os("PATH").expect("a PATH"));
+        assert!(system_sh.is_absolute(), "no sh on this PATH");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!{sh}\necho wrapped\nexec {sh} \"$@\"\n",
+                sh = system_sh.display()
+            ),
+        )
+        .expect("the wrapper");
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+            .expect("permissions");
+        let path = format!("{}:/usr/bin:/bin", bin.display());
+        let env = HashMap::from([("PATH".to_owned(), path)]);
+        let (text, code) = run_to_end(sh_step(dir.path(), "echo ran", env));
+        assert_eq!((text.as_str(), code), ("wrapped\nran\n", 0));
+    }
+
+    #[test]
+    fn a_step_sees_itself_as_sh() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (text, code) = run_to_end(sh_step(dir.path(), "echo \"$0\"", HashMap::new()));
+        assert_eq!((text.as_str(), code), ("sh\n", 0));
     }
 
     /// Whether `pid` is a process that has not ended (a zombie has ended).

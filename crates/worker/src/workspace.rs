@@ -3,6 +3,7 @@
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 
 /// A workspace or source problem.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,52 @@ pub fn workspace_dir_name(job_name: &str, build_number: u64, segment_id: &str) -
         }
     }
     format!("{}-{}-{}", clean(job_name), build_number, clean(segment_id))
+}
+
+/// The workspace this process moved into with [`enter`], if any.
+static ENTERED: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Makes the workspace `dir` this process's working directory, when the
+/// worker is the whole process and `dir` is absolute; a worker inside
+/// another program leaves its host's directory alone.
+///
+/// A step that runs in the directory the process is in is started without
+/// a change of directory ([`is_entered`]), and that lets Rust's standard
+/// library start `sh` with `posix_spawn` (a `vfork`) rather than a `fork`
+/// that copies the worker's page tables: the static worker's C library
+/// offers no `posix_spawn_file_actions_addchdir_np` for it to find, so a
+/// step given a directory is always forked.
+pub(crate) fn enter(dir: &Path) {
+    if !crate::whole_process() || !dir.is_absolute() {
+        return;
+    }
+    let mut entered = ENTERED.lock().unwrap_or_else(|e| e.into_inner());
+    match std::env::set_current_dir(dir) {
+        Ok(()) => *entered = Some(dir.to_owned()),
+        Err(e) => {
+            tracing::debug!(dir = %dir.display(), error = %e, "staying out of the workspace");
+            *entered = None;
+        }
+    }
+}
+
+/// Leaves the workspace [`enter`] moved into (for `/`), before it is
+/// removed.
+pub(crate) fn leave() {
+    let mut entered = ENTERED.lock().unwrap_or_else(|e| e.into_inner());
+    if entered.take().is_some() {
+        let _ = std::env::set_current_dir("/");
+    }
+}
+
+/// Whether this process's working directory is `dir`, moved into with
+/// [`enter`].
+pub(crate) fn is_entered(dir: &Path) -> bool {
+    ENTERED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_deref()
+        .is_some_and(|entered| entered == dir)
 }
 
 /// Checks that `path` is relative and has no `..`, returning its normal

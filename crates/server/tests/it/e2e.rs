@@ -3,6 +3,7 @@
 //! process remains (checked by pid and by the `WORKER_ID` in process
 //! environments).
 
+use std::path::Path;
 use std::time::Duration;
 
 use hodei_proto::v1 as pb;
@@ -350,6 +351,55 @@ fn local_workers_connect_on_the_servers_unix_socket() {
             "pipeline { agent any; stages { stage('S') { steps { sh 'echo via socket' } } } }";
         let watched = run_to_success(&mut client, pipeline).await;
         assert!(watched.has_line("via socket"), "{:?}", watched.lines);
+        server.stop().await;
+    });
+}
+
+#[test]
+fn steps_run_in_the_workspace_or_in_their_dir_in_parallel_too() {
+    run(async {
+        let server = start().await;
+        let mut client = server.jobs().await;
+        // The worker process moves into its workspace: steps there start
+        // without a change of directory, steps in a `dir` with one, and
+        // parallel branches in different directories run at the same time.
+        let pipeline = r#"pipeline {
+  agent any
+  stages {
+    stage('Root') { steps { sh 'echo "root $(pwd) $WORKSPACE"' } }
+    stage('Both') {
+      parallel {
+        stage('A') { steps { dir('a') { sh 'echo "in-a $(pwd)"' } } }
+        stage('B') { steps { dir('b/c') { sh 'echo "in-b $(pwd)"' } } }
+        stage('Top') { steps { sh 'echo "top $(pwd)"' } }
+      }
+    }
+    stage('Again') { steps { sh 'echo "again $(pwd)"; ls -d a b/c' } }
+  }
+}
+"#;
+        let watched = run_to_success(&mut client, pipeline).await;
+        let line = |prefix: &str| -> String {
+            watched
+                .lines
+                .iter()
+                .find_map(|l| l.strip_prefix(prefix))
+                .unwrap_or_else(|| panic!("no `{prefix}` line in {:?}", watched.lines))
+                .trim()
+                .to_owned()
+        };
+        let root = line("root ");
+        let (pwd, workspace) = root.split_once(' ').expect("two paths");
+        assert_eq!(pwd, workspace, "{:?}", watched.lines);
+        assert!(Path::new(workspace).is_absolute(), "{workspace}");
+        assert_eq!(line("in-a "), format!("{workspace}/a"));
+        assert_eq!(line("in-b "), format!("{workspace}/b/c"));
+        assert_eq!(line("top "), workspace);
+        assert_eq!(line("again "), workspace);
+        assert!(
+            !Path::new(workspace).exists(),
+            "the workspace outlived its job"
+        );
         server.stop().await;
     });
 }
