@@ -78,6 +78,18 @@ async fn list_filters_newest_first() {
         ..JobFilter::default()
     };
     check(&store, succeeded, &[]).await;
+    let queued_builds = JobFilter {
+        status: Some(JobStatusKind::Queued),
+        name: Some("build".into()),
+        limit: Some(1),
+    };
+    check(&store, queued_builds, &["c"]).await;
+    let queued_deploys = JobFilter {
+        status: Some(JobStatusKind::Queued),
+        name: Some("deploy".into()),
+        ..JobFilter::default()
+    };
+    check(&store, queued_deploys, &[]).await;
 }
 
 #[tokio::test]
