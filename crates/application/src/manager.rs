@@ -982,6 +982,9 @@ impl Inner {
         let weak = Arc::downgrade(self);
         let clock = self.ports.clock.clone();
         let lifetime = Duration::from_secs(u64::from(minutes) * 60);
+        // One of these waits for each live worker, almost always to be
+        // aborted: the teardown is boxed so that the waiting task holds only
+        // the sleep, not the teardown's larger state (about 1.8 KiB).
         tokio::spawn(async move {
             clock.sleep(lifetime).await;
             let Some(inner) = weak.upgrade() else { return };
@@ -989,7 +992,7 @@ impl Inner {
             if let Some(active) = taken {
                 let reason = format!("worker lifetime of {minutes} minutes exceeded");
                 tracing::warn!(worker = %id, job = %active.job, %reason, "releasing worker");
-                inner.teardown(&id, active, &reason).await;
+                Box::pin(inner.teardown(&id, active, &reason)).await;
             }
         })
         .abort_handle()
