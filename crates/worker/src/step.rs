@@ -470,12 +470,16 @@ mod tests {
         );
     }
 
-    /// Runs `spec` to its end and returns its output and exit code.
-    fn run_to_end(spec: StepSpec) -> (String, i32) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .expect("a runtime");
+            .expect("a runtime")
+    }
+
+    /// Runs `spec` to its end and returns its output and exit code.
+    fn run_to_end(spec: StepSpec) -> (String, i32) {
+        let runtime = runtime();
         let (out, mut sent) = mpsc::channel(64);
         let (_stop_tx, stop) = watch::channel(Stop::No);
         runtime.block_on(async move {
@@ -561,23 +565,11 @@ mod tests {
     fn a_step_dropped_mid_run_leaves_no_process_of_its_group() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let pid_file = dir.path().join("pid");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
+        let runtime = runtime();
         let (out, mut sent) = mpsc::channel(64);
         let (_stop_tx, stop) = watch::channel(Stop::No);
-        let spec = StepSpec {
-            step_id: "s-1".into(),
-            action: Action::Sh(format!(
-                "sleep 300 & echo $! > {}; wait",
-                pid_file.display()
-            )),
-            dir: dir.path().to_owned(),
-            env: HashMap::new(),
-            timeout: None,
-            kill_grace: Duration::from_secs(5),
-        };
+        let script = format!("sleep 300 & echo $! > {}; wait", pid_file.display());
+        let spec = sh_step(dir.path(), &script, HashMap::new());
         runtime.spawn(run_step(spec, out, stop));
         // Run until the background `sleep` has been started, then stop
         // waiting for the step the way an exiting worker does: by dropping
