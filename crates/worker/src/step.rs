@@ -223,9 +223,6 @@ async fn run_sh(
             command.env_remove(var);
         }
     }
-    if !workspace::is_entered(&spec.dir) {
-        command.current_dir(&spec.dir);
-    }
     // Usually the workspace itself, which exists: a `stat` on this thread
     // rather than a blocking-pool thread started for it.
     if let Err(e) = std::fs::create_dir_all(&spec.dir) {
@@ -236,6 +233,9 @@ async fn run_sh(
             format!("creating directory {}: {e}", spec.dir.display()),
             started,
         );
+    }
+    if !workspace::is_entered(&spec.dir) {
+        command.current_dir(&spec.dir);
     }
     let mut child = match command.spawn() {
         Ok(child) => child,

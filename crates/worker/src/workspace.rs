@@ -2,6 +2,7 @@
 //! resolving paths that steps give relative to the workspace.
 
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
@@ -97,13 +98,19 @@ pub(crate) fn leave() {
 }
 
 /// Whether this process's working directory is `dir`, moved into with
-/// [`enter`].
+/// [`enter`]. A step may have removed the workspace and made it again: the
+/// process would still be in the removed directory, so it moves into the
+/// new one (and answers `false` if it cannot).
 pub(crate) fn is_entered(dir: &Path) -> bool {
-    ENTERED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_deref()
-        .is_some_and(|entered| entered == dir)
+    let entered = ENTERED.lock().unwrap_or_else(|e| e.into_inner());
+    if entered.as_deref() != Some(dir) {
+        return false;
+    }
+    let same = match (std::fs::metadata("."), std::fs::metadata(dir)) {
+        (Ok(here), Ok(there)) => here.dev() == there.dev() && here.ino() == there.ino(),
+        _ => false,
+    };
+    same || std::env::set_current_dir(dir).is_ok()
 }
 
 /// Checks that `path` is relative and has no `..`, returning its normal

@@ -361,8 +361,10 @@ fn steps_run_in_the_workspace_or_in_their_dir_in_parallel_too() {
         let server = start().await;
         let mut client = server.jobs().await;
         // The worker process moves into its workspace: steps there start
-        // without a change of directory, steps in a `dir` with one, and
-        // parallel branches in different directories run at the same time.
+        // without a change of directory, steps in a `dir` with one,
+        // parallel branches in different directories run at the same time,
+        // and a step after one that replaced the workspace runs in the new
+        // one.
         let pipeline = r#"pipeline {
   agent any
   stages {
@@ -375,6 +377,10 @@ fn steps_run_in_the_workspace_or_in_their_dir_in_parallel_too() {
       }
     }
     stage('Again') { steps { sh 'echo "again $(pwd)"; ls -d a b/c' } }
+    stage('Replace') {
+      steps { sh 'cd / && rm -rf "$WORKSPACE" && mkdir "$WORKSPACE" && touch "$WORKSPACE/fresh"' }
+    }
+    stage('Fresh') { steps { sh 'echo "fresh $(ls)"' } }
   }
 }
 "#;
@@ -396,6 +402,9 @@ fn steps_run_in_the_workspace_or_in_their_dir_in_parallel_too() {
         assert_eq!(line("in-b "), format!("{workspace}/b/c"));
         assert_eq!(line("top "), workspace);
         assert_eq!(line("again "), workspace);
+        // A step that replaced the workspace: the next one runs in the new
+        // directory, not in the removed one.
+        assert_eq!(line("fresh "), "fresh");
         assert!(
             !Path::new(workspace).exists(),
             "the workspace outlived its job"
