@@ -234,7 +234,7 @@ async fn run_sh(
             started,
         );
     }
-    if !workspace::is_entered(&spec.dir) {
+    if !workspace::starts_here(&spec.dir) {
         command.current_dir(&spec.dir);
     }
     let mut child = match command.spawn() {

@@ -69,7 +69,7 @@ static ENTERED: Mutex<Option<PathBuf>> = Mutex::new(None);
 /// another program leaves its host's directory alone.
 ///
 /// A step that runs in the directory the process is in is started without
-/// a change of directory ([`is_entered`]), and that lets Rust's standard
+/// a change of directory ([`starts_here`]), and that lets Rust's standard
 /// library start `sh` with `posix_spawn` (a `vfork`) rather than a `fork`
 /// that copies the worker's page tables: the static worker's C library
 /// offers no `posix_spawn_file_actions_addchdir_np` for it to find, so a
@@ -97,11 +97,12 @@ pub(crate) fn leave() {
     }
 }
 
-/// Whether this process's working directory is `dir`, moved into with
-/// [`enter`]. A step may have removed the workspace and made it again: the
-/// process would still be in the removed directory, so it moves into the
-/// new one (and answers `false` if it cannot).
-pub(crate) fn is_entered(dir: &Path) -> bool {
+/// Whether a step in `dir` can start without a change of directory: this
+/// process moved into `dir` with [`enter`] and is still in it. A step may
+/// have removed the workspace and made it again, leaving the process in the
+/// removed directory: it then moves into the new one (and answers `false`
+/// if it cannot).
+pub(crate) fn starts_here(dir: &Path) -> bool {
     let entered = ENTERED.lock().unwrap_or_else(|e| e.into_inner());
     if entered.as_deref() != Some(dir) {
         return false;
